@@ -1,0 +1,250 @@
+"""`Engine`: batched captioning / VQA with visual token reduction and RESTORE.
+
+One call of `generate` runs the whole batch together: the vision tower on every
+image at once, reduction per sample (each request may carry its own method and
+budget), one left-padded prefill through the stock text model, and a batched
+decode loop. Per-sample layouts, positions and the calibration bias reach the
+stock attention through `restore.models.attention`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
+
+from restore.config import GenerationConfig, ReductionConfig
+from restore.hub import resolve_model_path
+from restore.models import adapter_for
+from restore.models.attention import ForwardContext, active, install
+from restore.plan import Plan
+from restore.request import Request, Result
+from restore.sequence import Layout, SampleSeq, pad_batch, unpad
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}") from None
+
+
+class Engine:
+    def __init__(self, model, processor, reduction: ReductionConfig | None = None) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.adapter = adapter_for(model, processor)
+        self.reduction = reduction or ReductionConfig()
+        install(model, self.adapter.text_model)
+        self.rope = self.adapter.rope()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_id: str = "default",
+        reduction: ReductionConfig | None = None,
+        device: str = "cpu",
+        dtype: str | torch.dtype | None = "auto",
+    ) -> Engine:
+        local = resolve_model_path(path_or_id)
+        torch_dtype = resolve_dtype(dtype, device)
+        processor = AutoProcessor.from_pretrained(local)
+        model = AutoModelForImageTextToText.from_pretrained(local, dtype=torch_dtype).to(device)
+        return cls(model, processor, reduction=reduction)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def generate(
+        self,
+        requests: Sequence[Request],
+        max_new_tokens: int | None = None,
+        generation: GenerationConfig | None = None,
+        **options,
+    ) -> list[Result]:
+        """Answer every request in one batch; `options` are GenerationConfig fields."""
+        if generation is None:
+            if max_new_tokens is not None:
+                options["max_new_tokens"] = max_new_tokens
+            generation = GenerationConfig(**options)
+        elif max_new_tokens is not None or options:
+            generation = generation.model_copy(update={**options, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {})})
+        if not requests:
+            return []
+        plans = [Plan.of(r.reduction or self.reduction) for r in requests]
+        prepared = [self.adapter.prepare(r, i) for i, r in enumerate(requests)]
+        with torch.inference_mode():
+            return self._run(prepared, plans, generation)
+
+    def _run(self, prepared, plans: list[Plan], gen: GenerationConfig) -> list[Result]:
+        self._sync()
+        t0 = time.perf_counter()
+        seqs = self.adapter.encode(prepared)
+        self._sync()
+        t_encode = time.perf_counter()
+        visual = [sum(s.length for s in seq.spans) for seq in seqs]
+        reduced = []
+        for seq, plan in zip(seqs, plans, strict=True):
+            if plan.reduces and not plan.in_llm:
+                seq = plan.apply(seq, [s.importance for s in seq.spans])
+            reduced.append(seq)
+        t_reduce = time.perf_counter()
+        first_here = [r is not s for r, s in zip(reduced, seqs, strict=True)]
+        embeds, layout = pad_batch(reduced, 0, first_here, self.device)
+        stages = sorted({p.layer for p in plans if p.reduces and p.in_llm})
+        state = {"seqs": reduced, "layout": layout}
+        ctx = None
+        if any(p.reduces for p in plans):
+            ctx = ForwardContext(self.rope, layout, stages, self._stage_builder(plans, state))
+        state["ctx"] = ctx
+
+        attention_mask = layout.valid.long()
+        cache = DynamicCache(config=self.adapter.text_model.config)
+        with active(ctx):
+            out = self.adapter.text_model(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                position_ids=self.adapter.position_ids(layout.positions),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = self.adapter.lm_head(out.last_hidden_state[:, -1]).float()
+            self._sync()
+            t_prefill = time.perf_counter()
+            tokens, lengths = self._decode(logits, cache, attention_mask, state["seqs"], ctx, gen)
+            self._sync()
+            t_decode = time.perf_counter()
+
+        results = []
+        for i, seq in enumerate(state["seqs"]):
+            ids = tokens[i][: lengths[i]]
+            text = self._text(ids, gen.stop)
+            sizes = torch.cat([seq.sizes[s.start : s.end] for s in seq.spans]) if seq.spans else torch.zeros(0)
+            cfg = plans[i].config
+            results.append(
+                Result(
+                    text=text,
+                    token_ids=ids,
+                    stats={
+                        "method": cfg.method,
+                        "budget": cfg.budget,
+                        "restore": cfg.restore.enabled and cfg.reduces,
+                        "visual_tokens": visual[i],
+                        "kept_tokens": int(sizes.numel()),
+                        "size_min": float(sizes.min()) if sizes.numel() else 0.0,
+                        "size_mean": float(sizes.mean()) if sizes.numel() else 0.0,
+                        "size_max": float(sizes.max()) if sizes.numel() else 0.0,
+                        "prompt_tokens": seq.length,
+                        "encode_ms": (t_encode - t0) * 1e3,
+                        "reduce_ms": (t_reduce - t_encode) * 1e3,
+                        "prefill_ms": (t_prefill - t_reduce) * 1e3,
+                        "decode_ms": (t_decode - t_prefill) * 1e3,
+                        "generated_tokens": len(ids),
+                        "batch_size": len(plans),
+                    },
+                )
+            )
+        return results
+
+    def _stage_builder(self, plans: list[Plan], state: dict):
+        """Reduce the samples whose in-LLM method acts at `layer`, from the hidden states entering it."""
+
+        def build(layer: int, hidden: torch.Tensor):
+            ctx: ForwardContext = state["ctx"]
+            old: Layout = state["layout"]
+            rows = ctx.rows[layer - 1]
+            current = unpad(hidden, old, state["seqs"])
+            out: list[SampleSeq] = []
+            first_here = []
+            for b, (seq, plan) in enumerate(zip(current, plans, strict=True)):
+                if plan.reduces and plan.in_llm and plan.layer == layer:
+                    offset = old.length - seq.length
+                    imps = [rows[b, offset + s.start : offset + s.end].float().cpu() for s in seq.spans]
+                    new = plan.apply(seq, imps)
+                    first_here.append(new is not seq)
+                    out.append(new)
+                else:
+                    first_here.append(False)
+                    out.append(seq)
+            new_hidden, layout = pad_batch(out, layer, first_here, hidden.device)
+            position_ids = self.adapter.position_ids(layout.positions)
+            rope_args = self.adapter.text_model.rotary_emb(new_hidden, position_ids)
+            state["seqs"], state["layout"] = out, layout
+            return new_hidden, layout, rope_args, position_ids
+
+        return build
+
+    def _decode(self, logits, cache, attention_mask, seqs: list[SampleSeq], ctx, gen: GenerationConfig):
+        bsz = logits.shape[0]
+        eos = self.adapter.eos_token_ids
+        generator = None
+        if gen.do_sample and gen.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(gen.seed)
+        next_pos = torch.stack([s.next_position for s in seqs]).to(self.device)  # (B, A)
+        tokens = torch.zeros(bsz, gen.max_new_tokens, dtype=torch.long)
+        lengths = [gen.max_new_tokens] * bsz
+        done = torch.zeros(bsz, dtype=torch.bool)
+        for step in range(gen.max_new_tokens):
+            tok = self._choose(logits, gen, generator)
+            tokens[:, step] = tok.cpu()
+            for i in range(bsz):
+                if not done[i] and (int(tok[i]) in eos or self._hit_stop(tokens[i, : step + 1], gen.stop)):
+                    done[i] = True
+                    lengths[i] = step + (0 if int(tok[i]) in eos else 1)
+            if bool(done.all()) or step == gen.max_new_tokens - 1:
+                break
+            positions = (next_pos + step)[:, None, :]
+            if ctx is not None:
+                ctx.begin_decode(positions)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(bsz, 1)], dim=1)
+            out = self.adapter.text_model(
+                inputs_embeds=self.adapter.embed(tok[:, None].to(self.device)),
+                attention_mask=attention_mask,
+                position_ids=self.adapter.position_ids(positions),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = self.adapter.lm_head(out.last_hidden_state[:, -1]).float()
+        return [t.tolist() for t in tokens], lengths
+
+    @staticmethod
+    def _choose(logits: torch.Tensor, gen: GenerationConfig, generator) -> torch.Tensor:
+        if not gen.do_sample:
+            return logits.argmax(dim=-1)
+        scores = logits / gen.temperature
+        if gen.top_k:
+            kth = torch.topk(scores, min(gen.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if gen.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+            cum = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
+            drop = cum - torch.softmax(sorted_scores, dim=-1) > gen.top_p
+            scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
+        probs = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+    def _hit_stop(self, ids: torch.Tensor, stop: list[str]) -> bool:
+        return bool(stop) and any(s in self.adapter.tokenizer.decode(ids.tolist()) for s in stop)
+
+    def _text(self, ids: list[int], stop: list[str]) -> str:
+        text = self.adapter.tokenizer.decode(ids, skip_special_tokens=True)
+        for s in stop:
+            cut = text.find(s)
+            if cut >= 0:
+                text = text[:cut]
+        return text.strip()

@@ -1,0 +1,19 @@
+"""`none`: every visual token reaches the LLM; the stock model's behaviour."""
+
+from __future__ import annotations
+
+import torch
+
+from restore.methods import register
+from restore.methods.base import ImageTokens, Method
+
+
+@register
+class NoReduction(Method):
+    name = "none"
+    stage = "pre"
+    description = "keep every visual token (the stock model)"
+    author_positions = "original"
+
+    def select(self, tokens: ImageTokens, k: int, options) -> torch.Tensor:
+        return torch.arange(tokens.num_tokens)

@@ -1,0 +1,165 @@
+"""The biased attention function and the per-forward context that feeds it (DESIGN §4).
+
+RESTORE's bias enters the stock transformers model through a registered
+attention function, never through a copied modeling file. Per-forward state
+(which keys each layer holds, their sizes and positions) cannot travel through
+`forward`/`generate` keyword arguments, so it lives in a `ForwardContext` held in
+a context variable while the engine runs the model.
+
+Each decoder layer reads the `Layout` of its stage: before an in-LLM method's
+layer K every token is there with size 1; from K on, the reduced sequence. The
+mask of a (layout, first-layer) pair is built once per forward step and reused
+by every layer of that stage, so the bias costs one small table per step, not
+one per layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from restore.rectify.calibration import RopeSpec, calibration_bias
+from restore.sequence import Layout
+
+ATTENTION_NAME = "restore_sdpa"
+
+# Called before decoder layer K of an in-LLM stage: (layer, hidden) -> (hidden, layout, rope args).
+StageBuilder = Callable[[int, torch.Tensor], tuple[torch.Tensor, Layout, tuple, torch.Tensor]]
+
+
+class ForwardContext:
+    def __init__(
+        self,
+        rope: RopeSpec,
+        layout: Layout,
+        stage_layers: list[int] | None = None,
+        stage_builder: StageBuilder | None = None,
+    ) -> None:
+        self.rope = rope
+        self.layouts: list[Layout] = [layout]
+        self.stage_layers = sorted(stage_layers or [])
+        self.stage_builder = stage_builder
+        self.row_layers = {k - 1 for k in self.stage_layers}
+        self.rows: dict[int, torch.Tensor] = {}
+        self.phase = "prefill"
+        self._masks: dict[tuple, torch.Tensor] = {}
+        self._stage_rope: dict[int, tuple] = {}
+
+    def layout_for(self, layer: int) -> Layout:
+        current = self.layouts[0]
+        for lay in self.layouts[1:]:
+            if lay.start_layer <= layer:
+                current = lay
+        return current
+
+    def begin_decode(self, positions: torch.Tensor) -> None:
+        """Every layout gains the token(s) about to be decoded, at `positions` (B, steps, A)."""
+        self.phase = "decode"
+        self._masks.clear()
+        for lay in self.layouts:
+            lay.extend(positions.shape[1], positions)
+
+    def mask(self, layer: int, q_len: int, k_len: int, dtype: torch.dtype) -> torch.Tensor:
+        lay = self.layout_for(layer)
+        first = layer == lay.start_layer
+        key = (id(lay), first, q_len, k_len, dtype)
+        cached = self._masks.get(key)
+        if cached is None:
+            cached = self._build_mask(lay, first, q_len, k_len, dtype)
+            self._masks[key] = cached
+        return cached
+
+    def _build_mask(self, lay: Layout, first: bool, q_len: int, k_len: int, dtype: torch.dtype) -> torch.Tensor:
+        if k_len != lay.length:
+            raise RuntimeError(f"layer holds {k_len} keys but its layout has {lay.length}")
+        dev = lay.valid.device
+        q_idx = torch.arange(k_len - q_len, k_len, device=dev)
+        causal = torch.arange(k_len, device=dev)[None, :] <= q_idx[:, None]
+        allowed = lay.valid[:, None, :] & causal[None]
+        log_size = lay.log_first if first else lay.log_size
+        if self.phase == "prefill" and q_len == k_len:
+            bias = calibration_bias(
+                self.rope, lay.positions, lay.positions, log_size, lay.calibrated, lay.c, lay.distance
+            )
+        else:
+            # Decoding: the distance term needs prefill query positions; keep the size term.
+            bias = torch.where(lay.calibrated, log_size, 0.0)[:, None, :].expand(-1, q_len, -1)
+        mask = torch.where(allowed, bias, torch.finfo(dtype).min).to(dtype)
+        return mask[:, None]
+
+    def record_row(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, scaling: float, groups: int) -> None:
+        """Head-averaged attention of the last query on every key: one row, never the L x L matrix."""
+        keys = repeat_kv(key, groups) if groups > 1 else key
+        logits = (query[:, :, -1:, :].float() @ keys.float().transpose(-1, -2)) * scaling
+        logits = logits + mask[:, :, -1:, :].float()
+        self.rows[layer] = torch.softmax(logits, dim=-1).mean(dim=1)[:, 0]
+
+    def before_layer(self, layer: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if self.phase != "prefill" or not self.stage_layers or layer < self.stage_layers[0]:
+            return None
+        if layer in self.stage_layers and layer not in self._stage_rope:
+            hidden, layout, rope_args, position_ids = self.stage_builder(layer, args[0])
+            self.layouts.append(layout)
+            self._stage_rope[layer] = (rope_args, position_ids)
+            args = (hidden, *args[1:])
+        stage = max(k for k in self.stage_layers if k <= layer)
+        rope_args, position_ids = self._stage_rope[stage]
+        kwargs = dict(kwargs)
+        kwargs["position_embeddings"] = rope_args
+        if kwargs.get("position_ids") is not None:
+            kwargs["position_ids"] = position_ids
+        return args, kwargs
+
+
+_ACTIVE: ContextVar[ForwardContext | None] = ContextVar("restore_forward_context", default=None)
+
+
+@contextlib.contextmanager
+def active(ctx: ForwardContext | None) -> Iterator[ForwardContext | None]:
+    token = _ACTIVE.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _ACTIVE.reset(token)
+
+
+def restore_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """SDPA with the context's per-layer mask and calibration bias; plain SDPA without a context."""
+    ctx = _ACTIVE.get()
+    if ctx is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    layer = module.layer_idx
+    mask = ctx.mask(layer, query.shape[2], key.shape[2], query.dtype)
+    if ctx.phase == "prefill" and layer in ctx.row_layers:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        ctx.record_row(layer, query, key, mask, scale, getattr(module, "num_key_value_groups", 1))
+    kwargs.pop("is_causal", None)
+    return sdpa_attention_forward(
+        module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False, **kwargs
+    )
+
+
+def _layer_pre_hook(layer: int):
+    def hook(module, args, kwargs):
+        ctx = _ACTIVE.get()
+        return None if ctx is None else ctx.before_layer(layer, args, kwargs)
+
+    return hook
+
+
+def install(model, text_model) -> None:
+    """Register the attention function and stage hooks on a loaded model (idempotent)."""
+    AttentionInterface.register(ATTENTION_NAME, restore_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    if getattr(model, "_restore_installed", False):
+        return
+    model.set_attn_implementation({"text_config": ATTENTION_NAME, "vision_config": "sdpa"})
+    for idx, layer in enumerate(text_model.layers):
+        layer.register_forward_pre_hook(_layer_pre_hook(idx), with_kwargs=True)
+    model._restore_installed = True

@@ -1,0 +1,158 @@
+"""What a model adapter knows about one model family (DESIGN §4).
+
+An adapter turns requests into full-length `SampleSeq`s (text embeddings with
+visual features in place, original positions, visual spans with the vision
+tower's importance scores), and tells the engine how the stock text model takes
+positions and what RoPE it uses. The LLM itself stays the stock class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from restore.rectify.calibration import RopeSpec
+from restore.request import Request
+from restore.sequence import SampleSeq
+
+
+@dataclass
+class Prepared:
+    """One request after the processor: token ids and the tensors the vision tower needs."""
+
+    input_ids: torch.Tensor  # (L,)
+    vision: dict[str, Any] = field(default_factory=dict)
+    num_images: int = 0
+
+
+class Adapter:
+    family: str = ""
+    model_classes: tuple[str, ...] = ()
+
+    def __init__(self, model, processor) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+
+    # --- the stock pieces the engine drives
+    @property
+    def text_model(self):
+        return self.model.model.language_model
+
+    @property
+    def lm_head(self):
+        return self.model.lm_head
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(ids)
+
+    def rope(self) -> RopeSpec:
+        return RopeSpec.one_d(self.text_model.rotary_emb.inv_freq)
+
+    def position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """The text model's position_ids from (B, L, A) positions: (B, L) for 1-D RoPE."""
+        return positions[..., 0]
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        if eos is None:
+            return set()
+        return set(eos) if isinstance(eos, list | tuple) else {int(eos)}
+
+    # --- family specific
+    def prepare(self, request: Request, index: int) -> Prepared:
+        raise NotImplementedError
+
+    def encode(self, prepared: list[Prepared]) -> list[SampleSeq]:
+        raise NotImplementedError
+
+
+def token_runs(ids: torch.Tensor, token_ids: set[int]) -> list[tuple[int, int]]:
+    """(start, end) of each maximal run of tokens whose id is in `token_ids`."""
+    hit = torch.zeros_like(ids, dtype=torch.bool)
+    for t in token_ids:
+        hit |= ids == t
+    if not bool(hit.any()):
+        return []
+    edges = torch.diff(hit.to(torch.int8), prepend=torch.zeros(1, dtype=torch.int8), append=torch.zeros(1, dtype=torch.int8))
+    starts = torch.nonzero(edges == 1).flatten().tolist()
+    ends = torch.nonzero(edges == -1).flatten().tolist()
+    return list(zip(starts, ends, strict=True))
+
+
+def split_runs(runs: list[tuple[int, int]], lengths: list[int], what: str) -> list[tuple[int, int]]:
+    """Cut placeholder runs into one span per image, in order (adjacent images form one run)."""
+    spans = []
+    queue = list(lengths)
+    for start, end in runs:
+        pos = start
+        while pos < end:
+            if not queue:
+                raise ValueError(f"{what}: more image placeholder tokens than image features")
+            n = queue.pop(0)
+            spans.append((pos, pos + n))
+            pos += n
+        if pos != end:
+            raise ValueError(f"{what}: image placeholder tokens do not match the image features")
+    if queue:
+        raise ValueError(f"{what}: {len(queue)} image(s) have no placeholder tokens")
+    return spans
+
+
+class AttentionInputCapture:
+    """Capture the hidden states entering one vision attention module (for CLS/key scores)."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+        self.inputs: torch.Tensor | None = None
+
+    def __enter__(self):
+        def hook(mod, args, kwargs):
+            self.inputs = args[0] if args else kwargs["hidden_states"]
+
+        self._handle = self.module.register_forward_pre_hook(hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+def cls_attention(q: torch.Tensor, k: torch.Tensor, query_index: int | None = 0) -> torch.Tensor:
+    """(B, S) head-averaged attention of one query row on all keys; q, k (B, S, H, dh).
+
+    query_index None uses the mean query (a pseudo-CLS for towers without a CLS token).
+    One row, never the S x S matrix.
+    """
+    qrow = q.mean(dim=1) if query_index is None else q[:, query_index]  # (B, H, dh)
+    logits = torch.einsum("bhd,bshd->bhs", qrow.float(), k.float()) * q.shape[-1] ** -0.5
+    return torch.softmax(logits, dim=-1).mean(dim=1)
+
+
+def build_prompt(adapter: Adapter, request: Request, num_images: int, index: int, placeholder: str) -> str:
+    """The text the processor gets: the prompt as given, or the chat template around it."""
+    count = request.prompt.count(placeholder)
+    template = getattr(adapter.processor, "chat_template", None)
+    use_chat = request.chat
+    if use_chat is None:
+        use_chat = count == 0 and num_images > 0 and template is not None
+    if use_chat:
+        if template is None:
+            raise ValueError(f"request {index}: chat=True but the processor has no chat template")
+        if count:
+            raise ValueError(
+                f"request {index}: with the chat template, leave the image placeholder {placeholder!r} out of the prompt"
+            )
+        content = [{"type": "image"}] * num_images + [{"type": "text", "text": request.prompt}]
+        messages = [{"role": "user", "content": content}]
+        return adapter.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if count != num_images:
+        raise ValueError(
+            f"request {index}: the prompt has {count} image placeholder(s) {placeholder!r} for {num_images} "
+            "image(s); put one placeholder per image in the prompt, or use a processor with a chat template"
+        )
+    return request.prompt

@@ -1,0 +1,101 @@
+"""LLaVA-1.5 (`LlavaForConditionalGeneration`): CLIP tower, MLP projector, Llama, 1-D RoPE.
+
+Importance is the CLS query's attention in the vision layer whose output the
+projector reads (vision_feature_layer, -2 for LLaVA-1.5), computed from that
+layer's q and k for the CLS row only; keys are that layer's attention keys.
+Video is a list of frames given as images (the multi-image path).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from restore.models.base import (
+    Adapter,
+    AttentionInputCapture,
+    Prepared,
+    build_prompt,
+    cls_attention,
+    split_runs,
+    token_runs,
+)
+from restore.request import Request, load_image
+from restore.sequence import SampleSeq, Span
+
+
+class LlavaAdapter(Adapter):
+    family = "llava"
+    model_classes = ("LlavaForConditionalGeneration",)
+
+    @property
+    def image_token(self) -> str:
+        return getattr(self.processor, "image_token", "<image>")
+
+    def prepare(self, request: Request, index: int) -> Prepared:
+        sources = list(request.images) + list(request.video or [])
+        images = [load_image(im, f"request {index} image {j}") for j, im in enumerate(sources)]
+        prompt = build_prompt(self, request, len(images), index, self.image_token)
+        out = self.processor(text=prompt, images=images or None, return_tensors="pt")
+        vision = {"pixel_values": out["pixel_values"]} if images else {}
+        return Prepared(input_ids=out["input_ids"][0], vision=vision, num_images=len(images))
+
+    def _vision_layer(self) -> int:
+        vfl = self.model.config.vision_feature_layer
+        vfl = vfl[-1] if isinstance(vfl, list | tuple) else vfl
+        layers = self._tower().encoder.layers
+        return len(layers) + vfl if vfl < 0 else max(vfl - 1, 0)
+
+    def _tower(self):
+        tower = self.model.model.vision_tower
+        return getattr(tower, "vision_model", tower)
+
+    def _grid(self) -> tuple[int, int, int] | None:
+        if self.model.config.vision_feature_select_strategy != "default":
+            return None
+        vc = self.model.config.vision_config
+        side = vc.image_size // vc.patch_size
+        return (1, side, side)
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor):
+        """Per image: projected features (N, d), CLS importance (N,), keys (N, dk)."""
+        cfg = self.model.config
+        attn = self._tower().encoder.layers[self._vision_layer()].self_attn
+        with AttentionInputCapture(attn) as cap:
+            out = self.model.model.get_image_features(
+                pixel_values=pixel_values.to(self.model.device, self.model.dtype),
+                vision_feature_layer=cfg.vision_feature_layer,
+                vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+                return_dict=True,
+            )
+        x = cap.inputs
+        bsz, seq, _ = x.shape
+        q = attn.q_proj(x).view(bsz, seq, attn.num_heads, -1)
+        k = attn.k_proj(x).view(bsz, seq, attn.num_heads, -1)
+        importance = cls_attention(q, k, query_index=0)
+        keys = k.flatten(2)
+        if cfg.vision_feature_select_strategy == "default":
+            importance, keys = importance[:, 1:], keys[:, 1:]
+        return list(out.pooler_output), list(importance), list(keys)
+
+    def encode(self, prepared: list[Prepared]) -> list[SampleSeq]:
+        pixels = [p.vision["pixel_values"] for p in prepared if p.num_images]
+        feats, imps, keys = self.encode_images(torch.cat(pixels)) if pixels else ([], [], [])
+        image_id = self.model.config.image_token_id
+        samples, cursor = [], 0
+        for i, p in enumerate(prepared):
+            ids = p.input_ids.to(self.model.device)
+            embeds = self.embed(ids)
+            f = feats[cursor : cursor + p.num_images]
+            runs = token_runs(ids.cpu(), {image_id})
+            bounds = split_runs(runs, [x.shape[0] for x in f], f"request {i}")
+            spans = []
+            for j, (start, end) in enumerate(bounds):
+                embeds[start:end] = f[j].to(embeds.dtype)
+                spans.append(
+                    Span(start, end, grid=self._grid(), importance=imps[cursor + j].float().cpu(), keys=keys[cursor + j].float().cpu())
+                )
+            cursor += p.num_images
+            positions = torch.arange(ids.shape[0])[:, None]
+            samples.append(SampleSeq.full(embeds, positions, spans))
+        return samples

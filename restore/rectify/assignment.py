@@ -1,0 +1,63 @@
+"""Which output slot each input token goes to: the common currency of pruning and merging."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """slot[i] in [0, num_slots) is token i's output slot, -1 when it is dropped.
+
+    Slots are emitted in slot order; `rep[s]` is the token whose identity slot s
+    carries (the kept token itself, or a merge anchor), used by the 'original'
+    position policy and for display.
+    """
+
+    slot: torch.Tensor  # (N,) long
+    rep: torch.Tensor  # (n,) long
+
+    @property
+    def num_slots(self) -> int:
+        return self.rep.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.slot.shape[0]
+
+    @staticmethod
+    def keep(indices: torch.Tensor, num_tokens: int) -> Assignment:
+        indices = torch.sort(indices.long()).values
+        slot = torch.full((num_tokens,), -1, dtype=torch.long)
+        slot[indices] = torch.arange(indices.numel())
+        return Assignment(slot=slot, rep=indices)
+
+    @staticmethod
+    def identity(num_tokens: int) -> Assignment:
+        return Assignment.keep(torch.arange(num_tokens), num_tokens)
+
+    def sizes(self, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """(n,) total size of each slot: member count, or the sum of member weights."""
+        w = torch.ones(self.num_tokens) if weights is None else weights.float()
+        live = self.slot >= 0
+        return torch.zeros(self.num_slots, dtype=w.dtype, device=w.device).index_add_(
+            0, self.slot[live].to(w.device), w[live.to(w.device)]
+        )
+
+    def merge(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, ...) size-weighted mean of each slot's members' rows of x (N, ...)."""
+        live = self.slot >= 0
+        idx = self.slot[live].to(x.device)
+        w = torch.ones(self.num_tokens, device=x.device) if weights is None else weights.to(x.device).float()
+        w = w[live.to(x.device)]
+        shape = (self.num_slots, *x.shape[1:])
+        acc = torch.zeros(shape, dtype=torch.float32, device=x.device)
+        wx = x[live.to(x.device)].float() * w.view(-1, *([1] * (x.dim() - 1)))
+        acc.index_add_(0, idx, wx)
+        total = torch.zeros(self.num_slots, dtype=torch.float32, device=x.device).index_add_(0, idx, w)
+        return (acc / total.view(-1, *([1] * (x.dim() - 1)))).to(x.dtype)
+
+    def members(self, s: int) -> torch.Tensor:
+        return torch.nonzero(self.slot == s).flatten()
