@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 
@@ -39,6 +40,17 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}") from None
 
 
+@dataclass
+class _Prefill:
+    logits: torch.Tensor
+    cache: DynamicCache
+    attention_mask: torch.Tensor
+    seqs: list[SampleSeq]
+    ctx: ForwardContext | None
+    visual: list[int]
+    timings: dict[str, float]
+
+
 class Engine:
     def __init__(self, model, processor, reduction: ReductionConfig | None = None) -> None:
         self.model = model.eval()
@@ -56,8 +68,13 @@ class Engine:
         device: str = "cpu",
         dtype: str | torch.dtype | None = "auto",
     ) -> Engine:
-        local = resolve_model_path(path_or_id)
         torch_dtype = resolve_dtype(dtype, device)
+        if path_or_id.startswith("random:"):
+            from restore.archs import random_llava
+
+            model, processor = random_llava(path_or_id.removeprefix("random:"), dtype=torch_dtype)
+            return cls(model.to(device), processor, reduction=reduction)
+        local = resolve_model_path(path_or_id)
         processor = AutoProcessor.from_pretrained(local)
         model = AutoModelForImageTextToText.from_pretrained(local, dtype=torch_dtype).to(device)
         return cls(model, processor, reduction=reduction)
@@ -91,7 +108,17 @@ class Engine:
         with torch.inference_mode():
             return self._run(prepared, plans, generation)
 
-    def _run(self, prepared, plans: list[Plan], gen: GenerationConfig) -> list[Result]:
+    def score(self, requests: Sequence[Request]) -> torch.Tensor:
+        """(B, V) float logits of the next token after each prompt, with each request's reduction."""
+        if not requests:
+            return torch.empty(0)
+        plans = [Plan.of(r.reduction or self.reduction) for r in requests]
+        prepared = [self.adapter.prepare(r, i) for i, r in enumerate(requests)]
+        with torch.inference_mode():
+            pre = self._prefill(prepared, plans)
+        return pre.logits
+
+    def _prefill(self, prepared, plans: list[Plan]) -> _Prefill:
         self._sync()
         t0 = time.perf_counter()
         seqs = self.adapter.encode(prepared)
@@ -112,7 +139,6 @@ class Engine:
         if any(p.reduces for p in plans):
             ctx = ForwardContext(self.rope, layout, stages, self._stage_builder(plans, state))
         state["ctx"] = ctx
-
         attention_mask = layout.valid.long()
         cache = DynamicCache(config=self.adapter.text_model.config)
         with active(ctx):
@@ -124,41 +150,43 @@ class Engine:
                 use_cache=True,
             )
             logits = self.adapter.lm_head(out.last_hidden_state[:, -1]).float()
-            self._sync()
-            t_prefill = time.perf_counter()
-            tokens, lengths = self._decode(logits, cache, attention_mask, state["seqs"], ctx, gen)
-            self._sync()
-            t_decode = time.perf_counter()
+        self._sync()
+        t_prefill = time.perf_counter()
+        timings = {
+            "encode_ms": (t_encode - t0) * 1e3,
+            "reduce_ms": (t_reduce - t_encode) * 1e3,
+            "prefill_ms": (t_prefill - t_reduce) * 1e3,
+        }
+        return _Prefill(logits, cache, attention_mask, state["seqs"], ctx, visual, timings)
 
+    def _run(self, prepared, plans: list[Plan], gen: GenerationConfig) -> list[Result]:
+        pre = self._prefill(prepared, plans)
+        t_prefill = time.perf_counter()
+        with active(pre.ctx):
+            tokens, lengths = self._decode(pre.logits, pre.cache, pre.attention_mask, pre.seqs, pre.ctx, gen)
+        self._sync()
+        decode_ms = (time.perf_counter() - t_prefill) * 1e3
         results = []
-        for i, seq in enumerate(state["seqs"]):
+        for i, seq in enumerate(pre.seqs):
             ids = tokens[i][: lengths[i]]
-            text = self._text(ids, gen.stop)
             sizes = torch.cat([seq.sizes[s.start : s.end] for s in seq.spans]) if seq.spans else torch.zeros(0)
             cfg = plans[i].config
-            results.append(
-                Result(
-                    text=text,
-                    token_ids=ids,
-                    stats={
-                        "method": cfg.method,
-                        "budget": cfg.budget,
-                        "restore": cfg.restore.enabled and cfg.reduces,
-                        "visual_tokens": visual[i],
-                        "kept_tokens": int(sizes.numel()),
-                        "size_min": float(sizes.min()) if sizes.numel() else 0.0,
-                        "size_mean": float(sizes.mean()) if sizes.numel() else 0.0,
-                        "size_max": float(sizes.max()) if sizes.numel() else 0.0,
-                        "prompt_tokens": seq.length,
-                        "encode_ms": (t_encode - t0) * 1e3,
-                        "reduce_ms": (t_reduce - t_encode) * 1e3,
-                        "prefill_ms": (t_prefill - t_reduce) * 1e3,
-                        "decode_ms": (t_decode - t_prefill) * 1e3,
-                        "generated_tokens": len(ids),
-                        "batch_size": len(plans),
-                    },
-                )
-            )
+            stats = {
+                "method": cfg.method,
+                "budget": cfg.budget,
+                "restore": cfg.restore.enabled and cfg.reduces,
+                "visual_tokens": pre.visual[i],
+                "kept_tokens": int(sizes.numel()),
+                "size_min": float(sizes.min()) if sizes.numel() else 0.0,
+                "size_mean": float(sizes.mean()) if sizes.numel() else 0.0,
+                "size_max": float(sizes.max()) if sizes.numel() else 0.0,
+                "prompt_tokens": seq.length,
+                **pre.timings,
+                "decode_ms": decode_ms,
+                "generated_tokens": len(ids),
+                "batch_size": len(plans),
+            }
+            results.append(Result(text=self._text(ids, gen.stop), token_ids=ids, stats=stats))
         return results
 
     def _stage_builder(self, plans: list[Plan], state: dict):

@@ -1,0 +1,1 @@
+"""Thin entrypoints: the `restore` console script and `ray job submit` targets."""

@@ -1,0 +1,115 @@
+"""The `restore` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from pydantic import ValidationError
+
+
+def _reduction(args):
+    from restore import ReductionConfig, RestoreConfig
+
+    budget = None
+    if args.budget is not None:
+        budget = float(args.budget) if "." in args.budget else int(args.budget)
+    restore = RestoreConfig(
+        enabled=not args.no_restore, gamma=args.gamma, positions=args.positions, calibration=args.calibration
+    )
+    return ReductionConfig(method=args.method, budget=budget, restore=restore)
+
+
+def _add_reduction_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="'default', a local dir, s3://prefix, or random:ARCH")
+    p.add_argument("--method", default="none", help="registered method (see `restore methods`)")
+    p.add_argument("--budget", default=None, help="visual tokens kept per image (int) or a ratio (0.25)")
+    p.add_argument("--no-restore", action="store_true", help="run the base method as its authors did")
+    p.add_argument("--gamma", type=float, default=0.5, help="share of the budget the base method keeps")
+    p.add_argument("--positions", default="median", choices=["original", "median", "compact"])
+    p.add_argument("--calibration", default="size+distance", choices=["off", "size", "size+distance"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-new-tokens", type=int, default=32)
+
+
+def cmd_methods(args) -> int:
+    from restore.methods import available
+
+    for m in available():
+        where = f"in-LLM (layer {m.default_layer})" if m.stage == "llm" else "pre-LLM"
+        print(f"{m.name:<12} {where:<20} {m.description}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from restore import Engine, Request
+
+    engine = Engine.from_pretrained(args.model, reduction=_reduction(args), device=args.device, dtype=args.dtype)
+    result = engine.generate([Request(args.prompt, [args.image])], max_new_tokens=args.max_new_tokens)[0]
+    print(result.text)
+    print(json.dumps(result.stats, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Generate a scene and answer one question about it, full tokens and reduced, side by side."""
+    from restore import Engine, ReductionConfig, Request
+    from restore.zoo.scenes import scene
+
+    image, objects = scene(args.seed)
+    engine = Engine.from_pretrained(args.model, device=args.device)
+    prompt = "<image> describe the image ."
+    configs = [ReductionConfig()] + [
+        ReductionConfig(method=m, budget=args.budget, restore={"enabled": on})
+        for m in args.methods.split(",")
+        for on in (False, True)
+    ]
+    results = engine.generate([Request(prompt, [image], reduction=c) for c in configs], max_new_tokens=args.max_new_tokens)
+    print(f"scene {args.seed}: " + ", ".join(f"{o['colour']} {o['shape']}" for o in objects))
+    print(f"{'method':<10} {'restore':<8} {'tokens':>7} {'text'}")
+    for c, r in zip(configs, results):
+        print(f"{c.method:<10} {str(r.stats['restore']):<8} {r.stats['kept_tokens']:>7} {r.text!r}")
+    print(f"batch of {len(configs)}: prefill {results[0].stats['prefill_ms']:.1f} ms, decode {results[0].stats['decode_ms']:.1f} ms")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="restore", description="Visual token reduction with RESTORE")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("methods", help="list the registered reduction methods")
+    p.set_defaults(fn=cmd_methods)
+
+    p = sub.add_parser("run", help="answer one prompt about one image")
+    p.add_argument("--image", required=True)
+    p.add_argument("--prompt", required=True, help="text; include <image> or rely on the chat template")
+    _add_reduction_flags(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("demo", help="a generated scene through full, base and RESTORE-wrapped reduction")
+    p.add_argument("--model", default="default")
+    p.add_argument("--methods", default="random,pool,visionzip,divprune")
+    p.add_argument("--budget", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, ValidationError) as err:
+        print(f"restore: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The embedded default model and the synthetic world it is trained and evaluated on."""

@@ -1,0 +1,123 @@
+"""The engine on a tiny LLaVA: stock equivalence, batching, positions, errors."""
+
+import pytest
+import torch
+
+from restore import Engine, ReductionConfig, Request, RestoreConfig
+from restore.methods.base import ImageTokens
+from restore.plan import Plan
+from tests.conftest import make_image
+
+PROMPT = "<image> what is in the image ?"
+
+
+@pytest.fixture(scope="module")
+def engine(llava):
+    model, processor = llava
+    return Engine(model, processor)
+
+
+def test_none_reproduces_stock_generate(engine, llava):
+    model, processor = llava
+    for images, prompt in [([make_image(0)], PROMPT), ([make_image(1), make_image(2, (31, 17))], "<image> <image> how many")]:
+        inputs = processor(text=prompt, images=images, return_tensors="pt")
+        ref = model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+        ref = ref[ref != 2].tolist()  # the engine stops before eos
+        out = engine.generate([Request(prompt, images)], max_new_tokens=8)[0]
+        assert out.token_ids == ref[: len(out.token_ids)] and len(out.token_ids) == len(ref)
+        with torch.no_grad():
+            stock = model(**inputs).logits[0, -1]
+        assert torch.allclose(engine.score([Request(prompt, images)])[0], stock, atol=1e-5)
+
+
+MIXED = [
+    Request(PROMPT, [make_image(3)], reduction=ReductionConfig(method="random", budget=9)),
+    Request("<image> <image> how many", [make_image(4), make_image(5, (40, 12))],
+            reduction=ReductionConfig(method="pool", budget=4, restore=RestoreConfig(enabled=False))),
+    Request("describe a photo of <image>", [make_image(6)], reduction=ReductionConfig(method="pool", budget=0.25)),
+    Request(PROMPT, [make_image(7)]),
+]
+
+
+def test_batch_invariance_mixed_requests(engine):
+    batched = engine.generate(MIXED, max_new_tokens=6)
+    for request, result in zip(MIXED, batched):
+        alone = engine.generate([request], max_new_tokens=6)[0]
+        assert alone.token_ids == result.token_ids
+    logits = engine.score(MIXED)
+    for i, request in enumerate(MIXED):
+        assert torch.allclose(engine.score([request])[0], logits[i], atol=1e-4)
+    assert [r.stats["kept_tokens"] for r in batched] == [9, 8, 9, 36]
+    assert batched[1].stats["visual_tokens"] == 72
+
+
+def test_restore_changes_logits_and_gamma1_off_compact_equals_base(engine):
+    image = make_image(8)
+    base = ReductionConfig(method="random", budget=9, restore=RestoreConfig(enabled=False))
+    neutral = ReductionConfig(
+        method="random", budget=9, restore=RestoreConfig(gamma=1.0, calibration="off", positions="compact")
+    )
+    full = ReductionConfig(method="random", budget=9)
+    a, b, c = engine.score([Request(PROMPT, [image], reduction=r) for r in (base, neutral, full)])
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, c, atol=1e-3)
+
+
+def test_positions_after_reduction(engine):
+    request = Request(PROMPT, [make_image(9)])
+    prepared = [engine.adapter.prepare(request, 0)]
+    seq = engine.adapter.encode(prepared)[0]
+    span = seq.spans[0]
+    for policy in ["median", "compact"]:
+        plan = Plan.of(ReductionConfig(method="random", budget=8, restore=RestoreConfig(positions=policy)))
+        out = plan.apply(seq, [span.importance])
+        assert out.length == seq.length - span.length + 8
+        if policy == "median":
+            # Text after the image keeps its full-sequence positions; decoding continues from full length.
+            assert out.positions[-1, 0].item() == seq.length - 1
+            assert out.next_position.item() == seq.length
+            kept = plan.method.select(ImageTokens(features=seq.embeds[span.start : span.end].float()), 4, plan.options)
+            vis = out.positions[out.spans[0].start : out.spans[0].end, 0].tolist()
+            assert set((kept + span.start).tolist()) <= set(vis)
+        else:
+            assert out.positions[:, 0].tolist() == list(range(out.length))
+            assert out.next_position.item() == out.length
+
+
+def test_budget_larger_than_image_keeps_all_unless_strict(engine):
+    image = make_image(10)
+    loose = engine.generate([Request(PROMPT, [image], reduction=ReductionConfig(method="random", budget=500))], max_new_tokens=2)
+    assert loose[0].stats["kept_tokens"] == 36
+    with pytest.raises(ValueError, match="larger than the 36 visual tokens"):
+        engine.generate([Request(PROMPT, [image], reduction=ReductionConfig(method="random", budget=500, strict_budget=True))])
+
+
+def test_bad_inputs_get_clear_errors(engine, tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        ReductionConfig(method="nope")
+    for bad in [0, -3, 1.5]:
+        with pytest.raises(ValueError, match="budget"):
+            ReductionConfig(method="random", budget=bad)
+    with pytest.raises(ValueError, match="extra"):
+        ReductionConfig(method="random", bugdet=3)
+    with pytest.raises(ValueError, match="gamma"):
+        RestoreConfig(gamma=1.5)
+    with pytest.raises(ValueError, match="placeholder"):
+        engine.generate([Request("what is this ?", [make_image(0)])])
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="request 0 image 0: cannot read image .*junk.png"):
+        engine.generate([Request(PROMPT, [junk])])
+    with pytest.raises(ValueError, match="cannot read image"):
+        engine.generate([Request(PROMPT, [tmp_path / "missing.jpg"])])
+    with pytest.raises(ValueError, match="empty bytes"):
+        engine.generate([Request(PROMPT, [b""])])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        engine.generate([Request(PROMPT, [make_image(0)])], max_new_tokens=0)
+
+
+def test_sampling_is_seeded(engine):
+    req = [Request(PROMPT, [make_image(11)])]
+    a = engine.generate(req, max_new_tokens=6, do_sample=True, temperature=1.5, top_p=0.9, seed=3)
+    b = engine.generate(req, max_new_tokens=6, do_sample=True, temperature=1.5, top_p=0.9, seed=3)
+    assert a[0].token_ids == b[0].token_ids
