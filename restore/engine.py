@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 
