@@ -121,3 +121,40 @@ def test_sampling_is_seeded(engine):
     a = engine.generate(req, max_new_tokens=6, do_sample=True, temperature=1.5, top_p=0.9, seed=3)
     b = engine.generate(req, max_new_tokens=6, do_sample=True, temperature=1.5, top_p=0.9, seed=3)
     assert a[0].token_ids == b[0].token_ids
+
+
+def test_fastv_in_llm_infinite_budget_equals_stock(engine):
+    request = Request(PROMPT, [make_image(12)])
+    stock = engine.generate([request], max_new_tokens=8)[0]
+    for on in (True, False):
+        red = ReductionConfig(method="fastv", budget=10_000, restore=RestoreConfig(enabled=on))
+        out = engine.generate([Request(PROMPT, [make_image(12)], reduction=red)], max_new_tokens=8)[0]
+        assert out.token_ids == stock.token_ids
+        assert out.stats["kept_tokens"] == 36
+
+
+def test_fastv_batches_with_other_layers_and_cache_holds_what_each_layer_saw(engine):
+    requests = [
+        Request(PROMPT, [make_image(13)], reduction=ReductionConfig(method="fastv", budget=9)),
+        Request("<image> <image> how many", [make_image(14), make_image(15)], reduction=ReductionConfig(method="random", budget=5)),
+        Request(PROMPT, [make_image(16)], reduction=ReductionConfig(method="fastv", budget=4, layer=1, restore=RestoreConfig(enabled=False))),
+    ]
+    batched = engine.generate(requests, max_new_tokens=6)
+    for request, result in zip(requests, batched):
+        assert engine.generate([request], max_new_tokens=6)[0].token_ids == result.token_ids
+    assert [r.stats["kept_tokens"] for r in batched] == [9, 10, 4]
+
+    plans = [Plan.of(requests[0].reduction)]
+    pre = engine._prefill([engine.adapter.prepare(requests[0], 0)], plans)
+    full = pre.visual[0] + (pre.seqs[0].length - 9)
+    lengths = [pre.cache.layers[i].keys.shape[2] for i in range(len(pre.cache.layers))]
+    assert lengths == [full, full, pre.seqs[0].length]
+
+
+def test_fastv_restore_changes_output(engine):
+    image = make_image(17)
+    on, off = engine.score([
+        Request(PROMPT, [image], reduction=ReductionConfig(method="fastv", budget=6)),
+        Request(PROMPT, [image], reduction=ReductionConfig(method="fastv", budget=6, restore=RestoreConfig(enabled=False))),
+    ])
+    assert not torch.allclose(on, off, atol=1e-4)
