@@ -89,9 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for budget in [int(b) for b in args.budgets.split(",")]:
         cfg = RestoreConfig()
-        assign_ms, assign_spread = _median_ms(lambda: restore_assignment(tokens, budget, method, options, cfg), args.runs)
+        assign_ms, assign_spread = _median_ms(
+            lambda b=budget, c=cfg: restore_assignment(tokens, b, method, options, c), args.runs
+        )
         a = restore_assignment(tokens, budget, method, options, cfg)
-        merge_ms, _ = _median_ms(lambda: a.merge(tokens.features), args.runs)
+        merge_ms, _ = _median_ms(lambda a=a: a.merge(tokens.features), args.runs)
         layout = _layout(budget, a.sizes())
         length = layout.length
 

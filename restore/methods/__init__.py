@@ -28,6 +28,6 @@ def available() -> list[Method]:
 
 
 # Importing the modules registers them.
-from restore.methods import none, pool, random  # noqa: E402,F401
+from restore.methods import divprune, fastv, holov, none, pool, random, visionzip, vispruner  # noqa: E402,F401
 
 __all__ = ["ImageTokens", "Method", "available", "get_method", "register"]
