@@ -65,7 +65,8 @@ class SampleSeq:
             first_sizes=torch.ones(length),
             calibrated=torch.zeros(length, dtype=torch.bool),
             spans=spans,
-            next_position=positions.max(dim=0).values + 1,
+            # The stock models continue one past the largest position on any axis, on every axis.
+            next_position=torch.full((positions.shape[1],), int(positions.max()) + 1, dtype=torch.long),
         )
 
     def reduce(self, assignments: list[Assignment | None], policy: str) -> SampleSeq:

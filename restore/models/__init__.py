@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from restore.models.base import Adapter
 from restore.models.llava import LlavaAdapter
+from restore.models.llava_onevision import LlavaOnevisionAdapter
+from restore.models.qwen2_5_vl import Qwen2_5_VLAdapter
 
-ADAPTERS: list[type[Adapter]] = [LlavaAdapter]
+ADAPTERS: list[type[Adapter]] = [LlavaAdapter, Qwen2_5_VLAdapter, LlavaOnevisionAdapter]
 
 
 def adapter_for(model, processor) -> Adapter:
