@@ -113,7 +113,7 @@ class ReductionConfig(_Strict):
         from restore.methods import get_method
 
         method = get_method(self.method)  # raises with the list of known names
-        method.validate_options(self.options)
+        method.layers(self.layer, method.validate_options(self.options))
         if self.layer is not None and method.stage != "llm":
             raise ValueError(f"layer is only meaningful for in-LLM methods; {self.method!r} acts {method.stage}")
         return self

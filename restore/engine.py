@@ -134,7 +134,13 @@ class Engine:
         t_reduce = time.perf_counter()
         first_here = [r is not s for r, s in zip(reduced, seqs, strict=True)]
         embeds, layout = pad_batch(reduced, 0, first_here, self.device)
-        stages = sorted({p.layer for p in plans if p.reduces and p.in_llm})
+        stages = sorted({k for p in plans if p.reduces and p.in_llm for k in p.layers})
+        depth = len(self.adapter.text_model.layers)
+        if stages and stages[-1] >= depth:
+            raise ValueError(
+                f"reduction layer {stages[-1]} is beyond this model's {depth} decoder layers; "
+                f"set ReductionConfig.layer (or the method's layers option) below {depth}"
+            )
         state = {"seqs": reduced, "layout": layout}
         ctx = None
         if any(p.reduces for p in plans):
@@ -201,10 +207,10 @@ class Engine:
             out: list[SampleSeq] = []
             first_here = []
             for b, (seq, plan) in enumerate(zip(current, plans, strict=True)):
-                if plan.reduces and plan.in_llm and plan.layer == layer:
+                if plan.reduces and plan.in_llm and layer in plan.layers:
                     offset = old.length - seq.length
                     imps = [rows[b, offset + s.start : offset + s.end].float().cpu() for s in seq.spans]
-                    new = plan.apply(seq, imps)
+                    new = plan.apply(seq, imps, layer)
                     first_here.append(new is not seq)
                     out.append(new)
                 else:

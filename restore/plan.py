@@ -35,22 +35,28 @@ class Plan:
         return self.method.stage == "llm"
 
     @property
-    def layer(self) -> int:
-        """First decoder layer that sees the reduced sequence (0 for pre-LLM methods)."""
-        if not self.in_llm:
-            return 0
-        return self.config.layer or self.method.default_layer or 1
+    def layers(self) -> list[int]:
+        """Decoder layers that see a newly reduced sequence ([0] for pre-LLM methods)."""
+        return self.method.layers(self.config.layer, self.options)
+
+    def stage_budget(self, span, layer: int) -> int:
+        """Tokens a span keeps at `layer`: the final budget at the last stage, geometric before it."""
+        final = self.config.budget_for(span.origin_tokens, span.origin_frames)
+        remaining = sum(1 for k in self.layers if k >= layer)
+        if remaining <= 1 or final >= span.length:
+            return final
+        return max(final, min(span.length, round(span.length * (final / span.length) ** (1 / remaining))))
 
     def assignment(self, tokens: ImageTokens, n: int) -> Assignment:
         if self.config.restore.enabled:
             return restore_assignment(tokens, n, self.method, self.options, self.config.restore)
         return self.method.reduce(tokens, n, self.options)
 
-    def apply(self, seq: SampleSeq, importances: list[torch.Tensor | None]) -> SampleSeq:
-        """Reduce every span of `seq` (features = its current embeds); unchanged if nothing shrinks."""
+    def apply(self, seq: SampleSeq, importances: list[torch.Tensor | None], layer: int = 0) -> SampleSeq:
+        """Reduce every span of `seq` at `layer` (features = its current embeds); unchanged if nothing shrinks."""
         assignments: list[Assignment | None] = []
         for span, importance in zip(seq.spans, importances, strict=True):
-            n = self.config.budget_for(span.length, span.frames)
+            n = self.stage_budget(span, layer)
             if n >= span.length:
                 assignments.append(None)
                 continue

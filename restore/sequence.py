@@ -26,6 +26,8 @@ class Span:
     grid: tuple[int, int, int] | None  # (T, H, W) of the tokens when they form a grid
     importance: torch.Tensor | None = None  # vision-tower CLS attention, (end-start,)
     keys: torch.Tensor | None = None  # vision-tower keys, (end-start, dk)
+    # Token and frame counts before any reduction: budgets are set against these.
+    origin: tuple[int, int] | None = None
 
     @property
     def length(self) -> int:
@@ -34,6 +36,14 @@ class Span:
     @property
     def frames(self) -> int:
         return self.grid[0] if self.grid is not None else 1
+
+    @property
+    def origin_tokens(self) -> int:
+        return self.origin[0] if self.origin else self.length
+
+    @property
+    def origin_frames(self) -> int:
+        return self.origin[1] if self.origin else self.frames
 
 
 @dataclass
@@ -101,7 +111,7 @@ class SampleSeq:
             pieces["s"].append(new_sizes)
             pieces["f"].append(torch.full((n,), float(new_sizes.sum()) / n))
             pieces["c"].append(torch.ones(n, dtype=torch.bool))
-            spans.append(Span(start=out_len, end=out_len + n, grid=None))
+            spans.append(Span(start=out_len, end=out_len + n, grid=None, origin=(span.origin_tokens, span.origin_frames)))
             out_len += n
         take(cursor, self.length)
         positions = torch.cat(pieces["p"])

@@ -158,3 +158,25 @@ def test_fastv_restore_changes_output(engine):
         Request(PROMPT, [image], reduction=ReductionConfig(method="fastv", budget=6, restore=RestoreConfig(enabled=False))),
     ])
     assert not torch.allclose(on, off, atol=1e-4)
+
+
+def test_pyramiddrop_stages_shrink_geometrically_and_cache_follows(engine):
+    red = ReductionConfig(method="pyramiddrop", budget=4, options={"layers": [1, 2]})
+    request = Request(PROMPT, [make_image(18)], reduction=red)
+    out = engine.generate([request, Request(PROMPT, [make_image(19)])], max_new_tokens=4)
+    assert out[0].token_ids == engine.generate([request], max_new_tokens=4)[0].token_ids
+    assert out[0].stats["kept_tokens"] == 4
+    pre = engine._prefill([engine.adapter.prepare(request, 0)], [Plan.of(red)])
+    text = pre.seqs[0].length - 4
+    # 36 visual tokens -> round(36 * (4/36)^(1/2)) = 12 at layer 1 -> 4 at layer 2.
+    assert [pre.cache.layers[i].keys.shape[2] for i in range(3)] == [text + 36, text + 12, text + 4]
+    assert out[0].stats["size_mean"] * 4 == pytest.approx(36)  # RESTORE merged what each stage dropped
+
+
+def test_in_llm_layer_beyond_model_depth_is_an_error(engine):
+    with pytest.raises(ValueError, match="beyond this model's 3 decoder layers"):
+        engine.generate([Request(PROMPT, [make_image(0)], reduction=ReductionConfig(method="fastv", budget=4, layer=3))])
+    with pytest.raises(ValueError, match="options.layers"):
+        ReductionConfig(method="pyramiddrop", budget=4, layer=2)
+    with pytest.raises(ValueError, match="ascending"):
+        ReductionConfig(method="pyramiddrop", budget=4, options={"layers": [2, 1]})

@@ -28,6 +28,16 @@ def available() -> list[Method]:
 
 
 # Importing the modules registers them.
-from restore.methods import divprune, fastv, holov, none, pool, random, visionzip, vispruner  # noqa: E402,F401
+from restore.methods import (  # noqa: E402,F401
+    divprune,
+    fastv,
+    holov,
+    none,
+    pool,
+    pyramiddrop,
+    random,
+    visionzip,
+    vispruner,
+)
 
 __all__ = ["ImageTokens", "Method", "available", "get_method", "register"]

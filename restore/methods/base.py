@@ -70,6 +70,12 @@ class Method:
     needs_importance: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = NoOptions
 
+    def layers(self, layer: int | None, options: BaseModel) -> list[int]:
+        """In-LLM methods: the decoder layers that each see a newly reduced sequence."""
+        if self.stage != "llm":
+            return [0]
+        return [layer or self.default_layer or 1]
+
     def validate_options(self, options: dict[str, Any]) -> BaseModel:
         try:
             return self.Options(**options)
