@@ -6,6 +6,7 @@ import torch
 from restore import Engine, ReductionConfig, Request, RestoreConfig
 from restore.methods import available
 from tests.conftest import make_image
+from tests.test_methods_families import tiny_reduction
 
 METHODS = [m.name for m in available() if m.name != "none"]
 PROMPT = "<image> what is in the image ?"
@@ -20,11 +21,10 @@ def engine(llava):
 @pytest.mark.parametrize("restore_on", [True, False])
 def test_method_keeps_budget_is_deterministic_and_batch_invariant(engine, method, restore_on):
     def req(seed, budget):
-        red = ReductionConfig(method=method, budget=budget, restore=RestoreConfig(enabled=restore_on))
-        return Request(PROMPT, [make_image(seed)], reduction=red)
+        return Request(PROMPT, [make_image(seed)], reduction=tiny_reduction(method, budget, restore_on))
 
     requests = [req(20, 12), req(21, 5), Request("<image> <image> how many", [make_image(22), make_image(23)],
-                reduction=ReductionConfig(method=method, budget=7, restore=RestoreConfig(enabled=restore_on)))]
+                reduction=tiny_reduction(method, 7, restore_on))]
     first = engine.generate(requests, max_new_tokens=4)
     again = engine.generate(requests, max_new_tokens=4)
     assert [r.token_ids for r in first] == [r.token_ids for r in again]

@@ -1,0 +1,40 @@
+"""Every registered method, alone and under RESTORE, on the Qwen2.5-VL and LLaVA-OneVision tiny models."""
+
+import pytest
+
+from restore import Engine, ReductionConfig, Request, RestoreConfig
+from restore.methods import available, get_method
+from tests.test_adapters_families import FAMILIES, frames
+
+METHODS = [m.name for m in available() if m.name != "none"]
+
+
+def tiny_reduction(method: str, budget, restore_on: bool) -> ReductionConfig:
+    """The method at its defaults, with in-LLM layers moved inside the 2-layer tiny decoders."""
+    kw = {}
+    if get_method(method).stage == "llm":
+        kw = {"options": {"layers": [1]}} if method == "pyramiddrop" else {"layer": 1}
+    return ReductionConfig(method=method, budget=budget, restore=RestoreConfig(enabled=restore_on), **kw)
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+    factory, image, video = FAMILIES[request.param]
+    return Engine(*factory()), image, video
+
+
+@pytest.mark.parametrize("restore_on", [True, False])
+@pytest.mark.parametrize("method", METHODS)
+def test_method_on_images_and_video(family, method, restore_on):
+    engine, image, video = family
+    requests = [
+        Request(f"{image} what is in the image ?", frames(1, seed=1)[:1], reduction=tiny_reduction(method, 4, restore_on)),
+        Request(f"{video} what is moving ?", video=frames(4, seed=2), fps=2.0,
+                reduction=tiny_reduction(method, 0.25, restore_on)),
+    ]
+    batched = engine.generate(requests, max_new_tokens=2)
+    assert batched[0].stats["kept_tokens"] == 4
+    assert batched[1].stats["kept_tokens"] == max(1, round(0.25 * batched[1].stats["visual_tokens"]))
+    assert [r.token_ids for r in engine.generate(requests, max_new_tokens=2)] == [r.token_ids for r in batched]
+    for request, result in zip(requests, batched):
+        assert engine.generate([request], max_new_tokens=2)[0].token_ids == result.token_ids
