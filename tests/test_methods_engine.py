@@ -6,7 +6,7 @@ import torch
 from restore import Engine, ReductionConfig, Request, RestoreConfig
 from restore.methods import available
 from tests.conftest import make_image
-from tests.test_methods_families import tiny_reduction
+from tests.tiny import tiny_reduction
 
 METHODS = [m.name for m in available() if m.name != "none"]
 PROMPT = "<image> what is in the image ?"

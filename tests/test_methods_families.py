@@ -2,19 +2,12 @@
 
 import pytest
 
-from restore import Engine, ReductionConfig, Request, RestoreConfig
-from restore.methods import available, get_method
+from restore import Engine, Request
+from restore.methods import available
 from tests.test_adapters_families import FAMILIES, frames
+from tests.tiny import tiny_reduction
 
 METHODS = [m.name for m in available() if m.name != "none"]
-
-
-def tiny_reduction(method: str, budget, restore_on: bool) -> ReductionConfig:
-    """The method at its defaults, with in-LLM layers moved inside the 2-layer tiny decoders."""
-    kw = {}
-    if get_method(method).stage == "llm":
-        kw = {"options": {"layers": [1]}} if method == "pyramiddrop" else {"layer": 1}
-    return ReductionConfig(method=method, budget=budget, restore=RestoreConfig(enabled=restore_on), **kw)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))

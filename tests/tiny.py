@@ -13,7 +13,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from restore import archs
+from restore import ReductionConfig, RestoreConfig, archs
+from restore.methods import get_method
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>", "<video>", "<|image_pad|>", "<|video_pad|>",
             "<|vision_start|>", "<|vision_end|>"]
@@ -167,3 +168,11 @@ def tiny_onevision(seed: int = 0, image_size: int = 16, patch: int = 4, layers: 
         vision_aspect_ratio="anyres_max_9", chat_template=_chat_template("<image>", "<video>"),
     )
     return model, processor
+
+
+def tiny_reduction(method: str, budget, restore_on: bool) -> ReductionConfig:
+    """The method at its defaults, with in-LLM layers moved inside the 2-layer tiny decoders."""
+    kw = {}
+    if get_method(method).stage == "llm":
+        kw = {"options": {"layers": [1]}} if method == "pyramiddrop" else {"layer": 1}
+    return ReductionConfig(method=method, budget=budget, restore=RestoreConfig(enabled=restore_on), **kw)
