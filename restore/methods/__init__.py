@@ -29,13 +29,17 @@ def available() -> list[Method]:
 
 # Importing the modules registers them.
 from restore.methods import (  # noqa: E402,F401
+    dart,
     divprune,
     fastv,
     holov,
     none,
     pool,
+    prumerge,
     pyramiddrop,
     random,
+    sparsevlm,
+    tome,
     visionzip,
     vispruner,
 )

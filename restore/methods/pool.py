@@ -20,9 +20,8 @@ from restore.rectify.assignment import Assignment
 
 def grid_cells(rows: int, cols: int, n: int) -> torch.Tensor:
     """(rows*cols,) cell id in [0, n) of each grid token, row-major cells, every cell non-empty."""
-    bands = max(1, min(rows, round(math.sqrt(n * rows / cols))))
-    while bands > n:
-        bands -= 1
+    # Enough bands that no band needs more cells than it has columns.
+    bands = max(1, min(rows, max(round(math.sqrt(n * rows / cols)), math.ceil(n / cols)), n))
     per_band = [n // bands + (1 if b < n % bands else 0) for b in range(bands)]
     row_band = (torch.arange(rows) * bands) // rows
     cell = torch.empty(rows, cols, dtype=torch.long)
