@@ -9,6 +9,8 @@ import sys
 
 from pydantic import ValidationError
 
+from jobs import label  # light at import time: Ray loads only when `restore label` runs
+
 
 def _reduction(args):
     from restore import ReductionConfig, RestoreConfig
@@ -39,8 +41,9 @@ def cmd_methods(args) -> int:
     from restore.methods import available
 
     for m in available():
-        where = f"in-LLM (layer {m.default_layer})" if m.stage == "llm" else "pre-LLM"
-        print(f"{m.name:<12} {where:<20} {m.description}")
+        layers = ",".join(str(k) for k in m.layers(None, m.validate_options({})))
+        where = f"in-LLM (layer {layers})" if m.stage == "llm" else "pre-LLM"
+        print(f"{m.name:<14} {where:<22} {m.description}")
     return 0
 
 
@@ -98,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("label", help="caption or answer questions about a corpus on Ray Data, into Parquet")
+    label.add_arguments(p)
+    p.set_defaults(fn=label.cmd_label)
     return parser
 
 
