@@ -95,13 +95,11 @@ class Engine:
         generation: GenerationConfig | None = None,
         **options,
     ) -> list[Result]:
-        """Answer every request in one batch; `options` are GenerationConfig fields."""
-        if generation is None:
-            if max_new_tokens is not None:
-                options["max_new_tokens"] = max_new_tokens
-            generation = GenerationConfig(**options)
-        elif max_new_tokens is not None or options:
-            generation = generation.model_copy(update={**options, **({"max_new_tokens": max_new_tokens} if max_new_tokens else {})})
+        """Answer every request in one batch; `options` are GenerationConfig fields overriding `generation`."""
+        if max_new_tokens is not None:
+            options["max_new_tokens"] = max_new_tokens
+        base = generation.model_dump() if generation is not None else {}
+        generation = GenerationConfig(**{**base, **options})
         if not requests:
             return []
         plans = [Plan.of(r.reduction or self.reduction) for r in requests]
