@@ -71,14 +71,7 @@ def sparsevlm_assignment(importance: torch.Tensor, sim_source: torch.Tensor, n: 
     x = F.normalize(sim_source.detach().float(), dim=-1)[deleted.to(sim_source.device)]
     owner = (x @ x[centre_local.to(x.device)].T).argmax(dim=1).cpu()  # (M,) index into centres
     owner[centre_local] = torch.arange(c)
-    centres = deleted[centre_local]
-    rep = torch.sort(torch.cat([kept, centres])).values
-    slot_of_rep = torch.full((num,), -1, dtype=torch.long)
-    slot_of_rep[rep] = torch.arange(n)
-    slot = torch.empty(num, dtype=torch.long)
-    slot[kept] = slot_of_rep[kept]
-    slot[deleted] = slot_of_rep[centres[owner]]
-    return Assignment(slot=slot, rep=rep)
+    return Assignment.absorb(num, kept, deleted[centre_local], deleted, owner)
 
 
 @register

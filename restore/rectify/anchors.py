@@ -67,12 +67,4 @@ def restore_assignment(
     feats = tokens.features[leftover]
     local = distinctive_anchors(feats, m) if cfg.anchors == "distinctive" else uniform_anchors(len(leftover), m)
     owner = merge_into_anchors(feats, local)
-    anchors = leftover[local]
-    # Slots in token order, so the reduced sequence keeps the image's reading order.
-    rep = torch.sort(torch.cat([kept, anchors])).values
-    slot_of_rep = torch.full((num,), -1, dtype=torch.long)
-    slot_of_rep[rep] = torch.arange(n)
-    slot = torch.empty(num, dtype=torch.long)
-    slot[kept] = slot_of_rep[kept]
-    slot[leftover] = slot_of_rep[anchors[owner]]
-    return Assignment(slot=slot, rep=rep)
+    return Assignment.absorb(num, kept, leftover[local], leftover, owner)

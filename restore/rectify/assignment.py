@@ -35,6 +35,21 @@ class Assignment:
         return Assignment(slot=slot, rep=indices)
 
     @staticmethod
+    def absorb(num_tokens: int, kept: torch.Tensor, anchors: torch.Tensor, members: torch.Tensor, owner: torch.Tensor) -> Assignment:
+        """Kept tokens alone in their slots; `members[i]` joins the slot of `anchors[owner[i]]`.
+
+        Slots follow token order of their representatives (kept tokens and anchors), so the
+        reduced sequence keeps the image's reading order.
+        """
+        rep = torch.sort(torch.cat([kept, anchors])).values
+        slot_of_rep = torch.full((num_tokens,), -1, dtype=torch.long)
+        slot_of_rep[rep] = torch.arange(rep.numel())
+        slot = torch.full((num_tokens,), -1, dtype=torch.long)
+        slot[kept] = slot_of_rep[kept]
+        slot[members] = slot_of_rep[anchors[owner]]
+        return Assignment(slot=slot, rep=rep)
+
+    @staticmethod
     def identity(num_tokens: int) -> Assignment:
         return Assignment.keep(torch.arange(num_tokens), num_tokens)
 
