@@ -79,6 +79,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_viz(args) -> int:
+    """Draw the token map of one image under one method and budget, into a PNG."""
+    from restore.viz import render_token_map
+
+    budget = float(args.budget) if "." in args.budget else int(args.budget)
+    image = render_token_map(
+        args.model, args.image, args.method, budget, args.restore, gamma=args.gamma, device=args.device, cell=args.cell
+    )
+    try:
+        image.save(args.output, format="PNG")
+    except OSError as err:
+        raise ValueError(f"cannot write the token map to {args.output}: {err}") from None
+    print(f"wrote {args.output} ({image.width}x{image.height})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="restore", description="Visual token reduction with RESTORE")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -105,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("label", help="caption or answer questions about a corpus on Ray Data, into Parquet")
     label.add_arguments(p)
     p.set_defaults(fn=label.cmd_label)
+
+    p = sub.add_parser("viz", help="draw which visual tokens a method keeps, merges and drops (LLaVA models)")
+    p.add_argument("image", help="image file")
+    p.add_argument("--method", required=True, help="registered pre-LLM method (see `restore methods`)")
+    p.add_argument("--budget", required=True, help="visual tokens kept (int) or a ratio (0.25)")
+    p.add_argument("--restore", action=argparse.BooleanOptionalAction, default=True, help="wrap with RESTORE")
+    p.add_argument("--gamma", type=float, default=0.5, help="share of the budget the base method keeps")
+    p.add_argument("--model", default="default", help="'default', a local dir, or random:llava-tiny")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cell", type=int, default=None, help="pixels per token side in the drawing")
+    p.add_argument("-o", "--output", required=True, help="PNG file to write")
+    p.set_defaults(fn=cmd_viz)
     return parser
 
 

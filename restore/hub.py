@@ -23,7 +23,8 @@ def download_s3_prefix(uri: str, dest: Path) -> Path:
     marker = dest / ".complete"
     if marker.exists():
         return dest
-    fs, root = fsspec.core.url_to_fs(uri)
+    # A fresh filesystem: a cached one may hold credentials or an endpoint that changed since.
+    fs, root = fsspec.core.url_to_fs(uri, skip_instance_cache=True)
     files = [f for f in fs.find(root) if not f.endswith("/")]
     if not files:
         raise FileNotFoundError(f"no objects under {uri}")

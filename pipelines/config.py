@@ -1,0 +1,224 @@
+"""`LabelJob`: one offline labeling job, validated before any Ray work starts.
+
+A job is read from YAML or JSON (`LabelJob.from_file`) and/or command-line
+flags (flags override the file). Field validation catches bad values and
+unknown methods at construction; `validate_before_start()` then touches the
+outside world: the input must list at least one file, the questions file must
+load, the output must accept a probe object, and the model reference must
+exist — each error names the URI and says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from restore.config import ReductionConfig, RestoreConfig
+
+DEFAULT_CAPTION_PROMPTS = {"images": "describe the image .", "videos": "describe the video ."}
+
+
+class JobConfigError(ValueError):
+    """A job that cannot start: the message names the field or URI and the fix."""
+
+
+def _endpoint_from_env() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+class LabelJob(BaseModel):
+    """Caption or answer questions about every image or video under an input, into Parquet shards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["images", "videos"] = Field(description="What the input holds: 'images' or 'videos'.")
+    input: str = Field(
+        description="A local folder, a glob, an s3://bucket/prefix, or a manifest (.parquet or .jsonl) with a "
+        "'uri' column and optional 'id' and 'question' columns. Folders and globs keep files by extension "
+        "(images: jpg jpeg png webp bmp gif; videos: mp4 webm mkv avi mov)."
+    )
+    output: str = Field(description="A local directory or s3:// prefix receiving part-XXXXX.parquet and _SUMMARY.json.")
+    task: Literal["caption", "vqa"] = Field("caption", description="'caption' (one prompt for every input) or 'vqa'.")
+    prompt: str | None = Field(
+        None,
+        description="Caption prompt (default: 'describe the image .' / 'describe the video .'). For vqa without "
+        "questions, the one question asked of every input. Image placeholders are added when the prompt has "
+        "none and the processor has no chat template.",
+    )
+    questions: str | None = Field(
+        None,
+        description="vqa only: a JSONL file (local or s3://) of {\"question\": ...} lines, each asked of every "
+        "input. A manifest's per-row 'question' column is used when this is not set.",
+    )
+    model: str = Field("default", description="'default', a local model directory, s3://prefix, or random:ARCH.")
+    method: str = Field("none", description="Registered reduction method (see `restore methods`).")
+    budget: int | float | None = Field(
+        None, description="Visual tokens kept per image (per frame for video), or a ratio in (0, 1); None keeps all."
+    )
+    restore: bool = Field(True, description="Wrap the method with RESTORE; False runs it as its authors did.")
+    batch_size: int = Field(8, ge=1, description="Rows per decode batch and per engine.generate call.")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per inference actor; 0 runs on CPU.")
+    workers: tuple[int, int] = Field(
+        (1, 1), description="(min, max) inference actors; Ray Data autoscales the pool between them."
+    )
+    limit: int | None = Field(None, ge=1, description="Label only the first N inputs (sorted by uri).")
+    frames: int = Field(8, ge=1, description="videos: frames sampled per video (uniformly, or the cap with fps).")
+    fps: float | None = Field(
+        None, gt=0, description="videos: sample at this rate instead of uniformly (at most `frames` frames)."
+    )
+    max_pixels: int | None = Field(
+        1024 * 1024,
+        ge=64,
+        description="Decoded images and frames larger than this many pixels are shrunk (aspect kept) on the "
+        "CPU decode workers, before they travel to the inference actors. None keeps full size.",
+    )
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated at most per answer.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Model weights dtype; 'auto' is bfloat16 on CUDA and float32 on CPU."
+    )
+    shard_size: int = Field(256, ge=1, description="Rows per output file; the unit of commit and resume.")
+    endpoint_url: str | None = Field(
+        default_factory=_endpoint_from_env,
+        description="S3 endpoint for s3:// inputs and outputs (default: $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL).",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="Extra fsspec options for s3:// (e.g. {'anon': true})."
+    )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _parse_workers(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            parts = [p.strip() for p in v.split(",")]
+            if len(parts) == 1:
+                parts = parts * 2
+            try:
+                return tuple(int(p) for p in parts)
+            except ValueError:
+                raise ValueError(f"workers must be 'MIN,MAX' (e.g. 1,4), got {v!r}") from None
+        if isinstance(v, int):
+            return (v, v)
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] < 1 or v[1] < v[0]:
+            raise ValueError(f"workers must satisfy 1 <= min <= max, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LabelJob:
+        self.reduction()  # unknown method / bad budget fail here, naming the registered methods
+        if self.task == "caption" and self.questions:
+            raise ValueError("questions are for task 'vqa'; drop questions or use --task vqa")
+        if self.task == "vqa" and self.questions and self.prompt:
+            raise ValueError("give either prompt (one question for every input) or questions (a JSONL file), not both")
+        return self
+
+    # ------------------------------------------------------------------ derived
+
+    def reduction(self) -> ReductionConfig:
+        return ReductionConfig(method=self.method, budget=self.budget, restore=RestoreConfig(enabled=self.restore))
+
+    def default_prompt(self) -> str | None:
+        """The prompt used for rows without their own question."""
+        if self.prompt is not None:
+            return self.prompt
+        return DEFAULT_CAPTION_PROMPTS[self.kind] if self.task == "caption" else None
+
+    def output_fingerprint(self) -> dict[str, Any]:
+        """Fields that change what an output row says; a resumed run must match them."""
+        keys = ("kind", "task", "prompt", "questions", "model", "method", "budget", "restore", "frames", "fps",
+                "max_pixels", "max_new_tokens", "shard_size", "limit")
+        return {k: getattr(self, k) for k in keys}
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> LabelJob:
+        """A job from YAML or JSON; `overrides` that are not None replace the file's values."""
+        import yaml
+
+        path = Path(path)
+        if not path.exists():
+            raise JobConfigError(f"job file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON
+        except yaml.YAMLError as err:
+            raise JobConfigError(f"job file {path} is not valid YAML/JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise JobConfigError(f"job file {path} must hold a mapping of fields, got {type(data).__name__}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    # ------------------------------------------------------------------ checks that touch the world
+
+    def validate_before_start(self) -> list[dict]:
+        """Check inputs, questions, output and model without Ray; return the listing rows {id, uri, question}.
+
+        Raises JobConfigError naming the URI at fault.
+        """
+        from pipelines import sources
+        from pipelines.storage import OutputStore
+
+        try:
+            self.reduction()
+        except ValueError as err:
+            raise JobConfigError(f"method: {err}") from None
+        try:
+            rows = sources.list_inputs(self.input, self.kind, self.endpoint_url, self.storage_options, self.limit)
+        except (FileNotFoundError, sources.SourceError) as err:
+            raise JobConfigError(f"input: {err}") from None
+        except Exception as err:  # backend errors (no such bucket, denied): say which URI
+            raise JobConfigError(f"input {self.input} cannot be listed: {type(err).__name__}: {err}") from None
+        if not rows:
+            exts = " ".join(sources.EXTENSIONS[self.kind])
+            raise JobConfigError(f"input {self.input} lists no {self.kind} files (looked for {exts})")
+        if self.task == "vqa":
+            if self.questions:
+                try:
+                    questions = sources.load_questions(self.questions, self.endpoint_url, self.storage_options)
+                except (FileNotFoundError, sources.SourceError) as err:
+                    raise JobConfigError(f"questions: {err}") from None
+                rows = sources.with_questions(rows, questions)
+            elif self.prompt is None and any(r["question"] is None for r in rows):
+                missing = next(r["uri"] for r in rows if r["question"] is None)
+                raise JobConfigError(
+                    f"task vqa needs a question for every input ({missing} has none): pass --questions FILE.jsonl, "
+                    "a manifest with a 'question' column, or --prompt QUESTION"
+                )
+        try:
+            OutputStore(self.output, self.endpoint_url, self.storage_options).check_writable()
+        except PermissionError as err:
+            raise JobConfigError(str(err)) from None
+        self._check_model()
+        return rows
+
+    def _check_model(self) -> None:
+        ref = self.model
+        if ref.startswith("random:"):
+            return
+        if ref.startswith("s3://"):
+            from pipelines.storage import filesystem
+
+            fs, path = filesystem(ref, self.endpoint_url, self.storage_options)
+            try:
+                found = fs.exists(path)
+            except Exception as err:  # a missing bucket raises instead of returning False
+                raise JobConfigError(f"model {ref} cannot be checked: {type(err).__name__}: {err}") from None
+            if not found:
+                raise JobConfigError(f"model {ref} does not exist; pass --model with an s3:// prefix holding the model")
+            return
+        from restore.hub import resolve_model_path
+
+        if ref.startswith(("/", ".", "~")) and not os.path.exists(os.path.expanduser(ref)):
+            # resolve_model_path would take a missing folder for a hub id; the actors would fail later.
+            raise JobConfigError(f"model {ref} does not exist; pass --model with a model directory, s3://, or random:ARCH")
+        try:
+            resolve_model_path(ref)
+        except FileNotFoundError as err:
+            raise JobConfigError(f"model: {err}") from None
