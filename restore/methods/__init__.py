@@ -39,6 +39,7 @@ from restore.methods import (  # noqa: E402,F401
     pyramiddrop,
     random,
     sparsevlm,
+    temporal,
     tome,
     visionzip,
     vispruner,
