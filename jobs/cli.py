@@ -95,6 +95,13 @@ def cmd_viz(args) -> int:
     return 0
 
 
+def cmd_bench_speed(args) -> int:
+    from restore.bench import speed
+
+    speed.main(args.argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="restore", description="Visual token reduction with RESTORE")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -121,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("label", help="caption or answer questions about a corpus on Ray Data, into Parquet")
     label.add_arguments(p)
     p.set_defaults(fn=label.cmd_label)
+
+    p = sub.add_parser("bench", help="benchmarks: programs that print a table and write JSON and a plot")
+    bench = p.add_subparsers(dest="bench", required=True)
+    # The benchmark owns its flags (restore.bench.speed.main parses them); '+' as the only prefix makes
+    # this parser pass every '-' flag, --help included, through untouched, and keeps torch unloaded here.
+    p = bench.add_parser("speed", help="prefill latency, decode throughput, memory: full vs reduced vs +RESTORE",
+                         prefix_chars="+", add_help=False)
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="flags of `python -m restore.bench.speed`")
+    p.set_defaults(fn=cmd_bench_speed)
 
     p = sub.add_parser("viz", help="draw which visual tokens a method keeps, merges and drops (LLaVA models)")
     p.add_argument("image", help="image file")
