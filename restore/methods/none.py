@@ -1,4 +1,8 @@
-"""`none`: every visual token reaches the LLM; the stock model's behaviour."""
+"""`none`: every visual token reaches the LLM; the stock model's behaviour.
+
+Source: none (the reference every method is compared with). Where: nowhere.
+Score: none. Defaults: none. Positions: the stock model's own (original).
+"""
 
 from __future__ import annotations
 

@@ -1,10 +1,13 @@
 """`pool`: spatial average pooling of the visual token grid into exactly n cells.
 
-A strong simple baseline (LLaVA-1.5 with 2x2 pooling is the classic case).
-Pre-LLM; no score: the grid is cut into n near-equal, spatially compact cells
-(horizontal bands, each split into columns) and each cell is averaged. Under
-RESTORE the base method keeps the token nearest each cell's centre. Positions of
-the original code: compacted.
+Source: the pooling baseline of the VTR literature (LLaVA-1.5 with 2x2 average
+pooling of the 24x24 grid is the classic case).
+Where: pre-LLM, on the projected visual tokens' grid.
+Score: none; the grid is cut into n near-equal, spatially compact cells (horizontal
+bands, each split into columns) and each cell is averaged. Under RESTORE the base
+method keeps the token nearest each cell's centre.
+Defaults: no options; frames of a clip share the budget evenly when they can.
+Positions of the original code: compact.
 """
 
 from __future__ import annotations

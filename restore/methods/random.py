@@ -1,8 +1,11 @@
 """`random`: keep a seeded uniform sample of the visual tokens.
 
-A strong simple baseline in the VTR literature. Pre-LLM; score: none (uniform);
-default seed 0, so a given image and budget always keep the same tokens. The
-original baselines run with compacted positions.
+Source: the random-pruning baseline reported across the VTR literature (e.g. the
+FastV and VisionZip papers' ablations), a strong simple baseline.
+Where: pre-LLM, on the projected visual tokens.
+Score: none; a uniform sample without replacement.
+Defaults: seed 0, so a given image and budget always keep the same tokens.
+Positions of the original code: compact (the pruned sequence is renumbered).
 """
 
 from __future__ import annotations
