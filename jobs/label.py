@@ -62,13 +62,18 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0  # error rows are data (status=error), not a failed job
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pydantic import ValidationError
-
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m jobs.label` parser (also used to check entrypoints in infra/ manifests)."""
     parser = argparse.ArgumentParser(prog="python -m jobs.label", description="Offline labeling on Ray Data")
     parser.add_argument("-v", "--verbose", action="store_true")
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     try:
         return cmd_label(args)
