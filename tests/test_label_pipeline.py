@@ -10,7 +10,6 @@ import io
 import json
 import os
 
-import av
 import fsspec
 import numpy as np
 import pyarrow as pa
@@ -20,6 +19,7 @@ import pytest
 from pipelines import batch
 from pipelines.batch import ShardCollector, run
 from pipelines.config import JobConfigError, LabelJob
+from pipelines.demo import clip as demo_clip
 from pipelines.predictor import OUTPUT_SCHEMA
 from restore.zoo.scenes import scene
 
@@ -28,22 +28,9 @@ GOOD_IMAGES = 5
 BAD_IMAGES = {"corrupt.jpg": "not a decodable image", "empty.png": "empty file", "notes.png": "cannot identify image"}
 
 
-def clip(seed: int, frames: int = 6, size: int = 32) -> bytes:
-    """A tiny mp4 (MPEG-4 part 2, 4 fps): a bright square moving right."""
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as out:
-        stream = out.add_stream("mpeg4", rate=4)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            arr = np.full((size, size, 3), 30 + 10 * seed, np.uint8)
-            x = (i * 4) % (size - 8)
-            arr[12:20, x : x + 8] = 255
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buf.getvalue()
+def clip(seed: int) -> bytes:
+    """A tiny mp4: 6 frames at 4 fps, 32 px, a bright square moving right."""
+    return demo_clip(seed, frames=6, size=32)
 
 
 @pytest.fixture(scope="module")
