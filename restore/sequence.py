@@ -9,7 +9,7 @@ a shorter one; `Layout`s are the left-padded batch views the attention reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -59,7 +59,6 @@ class SampleSeq:
     calibration: str = "off"
     c: float = 2.0
     uniform_first_layer: bool = False
-    stats: dict = field(default_factory=dict)
 
     @property
     def length(self) -> int:
@@ -151,9 +150,9 @@ class Layout:
     def length(self) -> int:
         return self.valid.shape[1]
 
-    def extend(self, steps: int, positions: torch.Tensor) -> None:
-        """Append `steps` decoded tokens (text, size 1) at `positions` (B, steps, A)."""
-        b = self.valid.shape[0]
+    def extend(self, positions: torch.Tensor) -> None:
+        """Append decoded tokens (text, size 1) at `positions` (B, steps, A)."""
+        b, steps = positions.shape[:2]
         dev = self.valid.device
         self.valid = torch.cat([self.valid, torch.ones(b, steps, dtype=torch.bool, device=dev)], 1)
         self.positions = torch.cat([self.positions, positions.to(dev)], 1)

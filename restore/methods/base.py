@@ -99,6 +99,11 @@ def require_importance(method: Method, tokens: ImageTokens) -> torch.Tensor:
     return tokens.importance
 
 
+def budget_share(n: int, ratio: float) -> int:
+    """Slots of a budget of n given to a method's merged tokens: round(n * ratio), at least 0, fewer than n."""
+    return min(max(round(n * ratio), 0), n - 1)
+
+
 def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k highest scores, ascending by index; ties broken by lower index."""
     order = torch.argsort(scores, descending=True, stable=True)[:k]

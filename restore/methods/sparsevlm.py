@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from restore.methods import register
-from restore.methods.base import ImageTokens, require_importance, topk_sorted
+from restore.methods.base import ImageTokens, budget_share, require_importance, topk_sorted
 from restore.methods.fastv import FastV
 from restore.rectify.assignment import Assignment
 
@@ -50,17 +50,13 @@ class SparseVLMOptions(BaseModel):
     )
 
 
-def recycled_count(n: int, ratio: float) -> int:
-    return min(max(round(n * ratio), 0), n - 1)
-
-
 def sparsevlm_assignment(importance: torch.Tensor, sim_source: torch.Tensor, n: int, ratio: float) -> Assignment:
     """n slots in token order: the n - c top-scoring tokens and c recycled groups of the deleted ones."""
     num = importance.shape[0]
     if n >= num:
         return Assignment.identity(num)
     imp = importance.detach().float().cpu()
-    c = recycled_count(n, ratio)
+    c = budget_share(n, ratio)
     kept = topk_sorted(imp, n - c)
     if c == 0:
         return Assignment.keep(kept, num)

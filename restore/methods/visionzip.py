@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from restore.methods import register
-from restore.methods.base import ImageTokens, Method, require_importance, topk_sorted
+from restore.methods.base import ImageTokens, Method, budget_share, require_importance, topk_sorted
 from restore.rectify.assignment import Assignment
 
 
@@ -38,11 +38,6 @@ class VisionZipOptions(BaseModel):
     )
 
 
-def contextual_count(n: int, ratio: float) -> int:
-    """Contextual tokens out of a budget of n: round(n * ratio), at least 0 and fewer than n."""
-    return min(max(round(n * ratio), 0), n - 1)
-
-
 def visionzip_assignment(importance: torch.Tensor, sim_source: torch.Tensor, n: int, ratio: float) -> Assignment:
     """n slots: dominant tokens first (index order), then c contextual slots (target order).
 
@@ -51,7 +46,7 @@ def visionzip_assignment(importance: torch.Tensor, sim_source: torch.Tensor, n: 
     num = importance.shape[0]
     if n >= num:
         return Assignment.identity(num)
-    c = contextual_count(n, ratio)
+    c = budget_share(n, ratio)
     dominant = topk_sorted(importance.detach().float(), n - c).cpu()
     if c == 0:
         return Assignment.keep(dominant, num)

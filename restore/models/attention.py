@@ -63,7 +63,7 @@ class ForwardContext:
         self.phase = "decode"
         self._masks.clear()
         for lay in self.layouts:
-            lay.extend(positions.shape[1], positions)
+            lay.extend(positions)
 
     def mask(self, layer: int, q_len: int, k_len: int, dtype: torch.dtype) -> torch.Tensor:
         lay = self.layout_for(layer)
