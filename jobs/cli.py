@@ -9,7 +9,7 @@ import sys
 
 from pydantic import ValidationError
 
-from jobs import label  # light at import time: Ray loads only when `restore label` runs
+from jobs import label, serve  # light at import time: Ray loads only when `restore label|serve` runs
 
 
 def _reduction(args):
@@ -102,6 +102,13 @@ def cmd_bench_speed(args) -> int:
     return 0
 
 
+def cmd_bench_accuracy(args) -> int:
+    from restore.bench import accuracy
+
+    accuracy.main(args.argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="restore", description="Visual token reduction with RESTORE")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -129,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_arguments(p)
     p.set_defaults(fn=label.cmd_label)
 
+    p = sub.add_parser("serve", help="the OpenAI-compatible endpoint on Ray Serve (blocks until stopped)")
+    serve.add_arguments(p)
+    p.set_defaults(fn=serve.cmd_serve)
+
     p = sub.add_parser("bench", help="benchmarks: programs that print a table and write JSON and a plot")
     bench = p.add_subparsers(dest="bench", required=True)
     # The benchmark owns its flags (restore.bench.speed.main parses them); '+' as the only prefix makes
@@ -137,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                          prefix_chars="+", add_help=False)
     p.add_argument("argv", nargs=argparse.REMAINDER, help="flags of `python -m restore.bench.speed`")
     p.set_defaults(fn=cmd_bench_speed)
+    p = bench.add_parser("accuracy", help="methods x budgets x {base, +RESTORE} on the synthetic world, per question type",
+                         prefix_chars="+", add_help=False)
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="flags of `python -m restore.bench.accuracy`")
+    p.set_defaults(fn=cmd_bench_accuracy)
 
     p = sub.add_parser("viz", help="draw which visual tokens a method keeps, merges and drops (LLaVA models)")
     p.add_argument("image", help="image file")

@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.config import LabelJob
+from pipelines.service import media_prompt
 from pipelines.sources import decode_row, media_of
 
 logger = logging.getLogger(__name__)
@@ -79,22 +80,13 @@ class LabelPredictor:
         self.reduction = self.job.reduction()
         self.engine = Engine.from_pretrained(self.job.model, reduction=self.reduction, device=device, dtype=self.job.dtype)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
-        self.image_token = getattr(self.engine.adapter, "image_token", "<image>")
-        self.chat = getattr(self.engine.processor, "chat_template", None) is not None
         logger.info("LabelPredictor on %s: model %s, %s", device, self.job.model, self.reduction)
-
-    def _prompt(self, text: str, count: int) -> str:
-        # Processors with a chat template place the media themselves; otherwise the prompt
-        # needs one placeholder per image (LLaVA-1.5 takes a video's frames as images).
-        if self.chat or self.image_token in text:
-            return text
-        return " ".join([self.image_token] * count + [text])
 
     def _request(self, row: dict):
         from restore import Request
 
         media = media_of(row)
-        text = self._prompt(row["prompt"], len(media))
+        text = media_prompt(self.engine, row["prompt"], len(media))
         if self.job.kind == "images":
             return Request(text, images=media)
         return Request(text, video=media, fps=row.get("fps"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -93,9 +93,14 @@ class Engine:
         requests: Sequence[Request],
         max_new_tokens: int | None = None,
         generation: GenerationConfig | None = None,
+        on_token: Callable[[int, int], None] | None = None,
         **options,
     ) -> list[Result]:
-        """Answer every request in one batch; `options` are GenerationConfig fields overriding `generation`."""
+        """Answer every request in one batch; `options` are GenerationConfig fields overriding `generation`.
+
+        `on_token(i, token_id)` is called for each token request i generates, as it is chosen (streaming);
+        the end-of-sequence token is not passed.
+        """
         if max_new_tokens is not None:
             options["max_new_tokens"] = max_new_tokens
         base = generation.model_dump() if generation is not None else {}
@@ -105,7 +110,7 @@ class Engine:
         plans = [Plan.of(r.reduction or self.reduction) for r in requests]
         prepared = [self.adapter.prepare(r, i) for i, r in enumerate(requests)]
         with torch.inference_mode():
-            return self._run(prepared, plans, generation)
+            return self._run(prepared, plans, generation, on_token)
 
     def score(self, requests: Sequence[Request]) -> torch.Tensor:
         """(B, V) float logits of the next token after each prompt, with each request's reduction."""
@@ -164,11 +169,11 @@ class Engine:
         }
         return _Prefill(logits, cache, attention_mask, state["seqs"], ctx, visual, timings)
 
-    def _run(self, prepared, plans: list[Plan], gen: GenerationConfig) -> list[Result]:
+    def _run(self, prepared, plans: list[Plan], gen: GenerationConfig, on_token=None) -> list[Result]:
         pre = self._prefill(prepared, plans)
         t_prefill = time.perf_counter()
         with active(pre.ctx):
-            tokens, lengths = self._decode(pre.logits, pre.cache, pre.attention_mask, pre.seqs, pre.ctx, gen)
+            tokens, lengths = self._decode(pre.logits, pre.cache, pre.attention_mask, pre.seqs, pre.ctx, gen, on_token)
         self._sync()
         decode_ms = (time.perf_counter() - t_prefill) * 1e3
         results = []
@@ -191,7 +196,7 @@ class Engine:
                 "generated_tokens": len(ids),
                 "batch_size": len(plans),
             }
-            results.append(Result(text=self._text(ids, gen.stop), token_ids=ids, stats=stats))
+            results.append(Result(text=self.text_of(ids, gen.stop), token_ids=ids, stats=stats))
         return results
 
     def _stage_builder(self, plans: list[Plan], state: dict):
@@ -222,7 +227,7 @@ class Engine:
 
         return build
 
-    def _decode(self, logits, cache, attention_mask, seqs: list[SampleSeq], ctx, gen: GenerationConfig):
+    def _decode(self, logits, cache, attention_mask, seqs: list[SampleSeq], ctx, gen: GenerationConfig, on_token=None):
         bsz = logits.shape[0]
         eos = self.adapter.eos_token_ids
         generator = None
@@ -236,7 +241,11 @@ class Engine:
             tok = self._choose(logits, gen, generator)
             tokens[:, step] = tok.cpu()
             for i in range(bsz):
-                if not done[i] and (int(tok[i]) in eos or self._hit_stop(tokens[i, : step + 1], gen.stop)):
+                if done[i]:
+                    continue
+                if on_token is not None and int(tok[i]) not in eos:
+                    on_token(i, int(tok[i]))
+                if int(tok[i]) in eos or self._hit_stop(tokens[i, : step + 1], gen.stop):
                     done[i] = True
                     lengths[i] = step + (0 if int(tok[i]) in eos else 1)
             if bool(done.all()) or step == gen.max_new_tokens - 1:
@@ -274,7 +283,8 @@ class Engine:
     def _hit_stop(self, ids: torch.Tensor, stop: list[str]) -> bool:
         return bool(stop) and any(s in self.adapter.tokenizer.decode(ids.tolist()) for s in stop)
 
-    def _text(self, ids: list[int], stop: list[str]) -> str:
+    def text_of(self, ids: list[int], stop: list[str]) -> str:
+        """Decoded text of generated ids, cut before the first stop string."""
         text = self.adapter.tokenizer.decode(ids, skip_special_tokens=True)
         for s in stop:
             cut = text.find(s)

@@ -107,3 +107,33 @@ def test_s3_local_background_serves_s3_and_writes_its_pid(tmp_path, monkeypatch)
         assert fs.cat_file("probe/x") == b"hello"
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+@pytest.mark.parametrize("source", ["serve.yaml", "rayservice.yaml"])
+def test_serve_configs_validate_against_the_settings(source):
+    from ray.serve.schema import ServeDeploySchema
+
+    from pipelines.serve import DeploymentSettings
+    from pipelines.service import ServeSettings
+
+    doc = yaml.safe_load((INFRA / source).read_text())
+    if source == "rayservice.yaml":
+        assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayService"
+        cluster = doc["spec"]["rayClusterConfig"]
+        assert cluster["rayVersion"] == "2.60.0" and cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+        (gpu,) = cluster["workerGroupSpecs"]
+        config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    else:
+        config = doc
+        assert config["http_options"]["host"] == "127.0.0.1"
+    ServeDeploySchema(**config)  # Serve's own schema of the file
+    (app,) = config["applications"]
+    assert app["import_path"] == "pipelines.serve:app_builder"
+    settings = ServeSettings(**app["args"]["settings"])
+    dep = DeploymentSettings(**app["args"]["deployment"])
+    assert settings.reduction.reduces and dep.min_replicas <= dep.max_replicas
+    if source == "rayservice.yaml":
+        assert dep.num_gpus == 1 and gpu["maxReplicas"] >= dep.max_replicas
+        for c in containers(gpu["template"]):
+            assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+            assert {"secretRef": {"name": "restore-api"}} in c["envFrom"]

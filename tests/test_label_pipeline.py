@@ -15,11 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from pipelines import batch
 from pipelines.batch import ShardCollector, run
 from pipelines.config import JobConfigError, LabelJob
-from pipelines.demo import clip as demo_clip
+from pipelines.demo import encode_mp4
 from pipelines.predictor import OUTPUT_SCHEMA
 from restore.zoo.scenes import scene
 
@@ -30,7 +31,12 @@ BAD_IMAGES = {"corrupt.jpg": "not a decodable image", "empty.png": "empty file",
 
 def clip(seed: int) -> bytes:
     """A tiny mp4: 6 frames at 4 fps, 32 px, a bright square moving right."""
-    return demo_clip(seed, frames=6, size=32)
+    frames = []
+    for i in range(6):
+        img = Image.new("RGB", (32, 32), (30 + 20 * seed,) * 3)
+        img.paste((255, 255, 255), (4 * i, 12, 4 * i + 8, 20))
+        frames.append(img)
+    return encode_mp4(frames)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from restore.plan import Plan
 from restore.rectify.anchors import restore_assignment
 from tests.conftest import make_image
 from tests.test_adapters_families import FAMILIES, frames
-from tests.tiny import tiny_reduction
+from tests.tiny import tiny_llava, tiny_reduction
 
 TEMPORAL = get_method("temporal")
 T, H, W = 8, 3, 4
@@ -207,3 +207,23 @@ def test_llava_frames_as_images_degenerate_and_keep_budget(llava, restore_on):
     assert engine.generate([request], max_new_tokens=3)[0].token_ids == first.token_ids
     spatial = Request(request.prompt, clip, reduction=tiny_reduction("divprune", 5, restore_on))
     assert torch.allclose(engine.score([request]), engine.score([spatial]))
+
+
+def test_llava_video_frames_form_one_clip_span():
+    """LLaVA's multi-image video: adjacent frames are one (T, H, W) span; text between frames keeps them apart."""
+    model, processor = tiny_llava()
+    engine = Engine(model, processor)
+    clip = frames(4, seed=3, size=(12, 12))
+    adjacent = Request("<s> <image><image><image><image> what is moving ?", video=clip)
+    apart = Request("<s> <image> then <image> then <image> then <image> ?", video=clip)
+    still = Request("<s> <image> <image> ?", images=clip[:2])
+    seqs = engine.adapter.encode([engine.adapter.prepare(r, i) for i, r in enumerate([adjacent, apart, still])])
+    assert [s.grid for s in seqs[0].spans] == [(4, 6, 6)]
+    assert [s.grid for s in seqs[1].spans] == [(1, 6, 6)] * 4
+    assert [s.grid for s in seqs[2].spans] == [(1, 6, 6)] * 2
+    assert seqs[0].spans[0].importance.shape == (4 * 36,)
+    rc = tiny_reduction("temporal", 5, restore_on=True)
+    out = Plan.of(rc).apply(seqs[0], [s.importance for s in seqs[0].spans])
+    assert out.spans[0].length == 5 * 4  # the budget is per frame
+    result = engine.generate([Request(adjacent.prompt, video=clip, reduction=rc)], max_new_tokens=2)[0]
+    assert result.stats["kept_tokens"] == 20

@@ -25,6 +25,7 @@ class Prepared:
     input_ids: torch.Tensor  # (L,)
     vision: dict[str, Any] = field(default_factory=dict)
     num_images: int = 0
+    num_frames: int = 0  # of which the last `num_frames` are one video's frames (multi-image video path)
 
 
 class Adapter:

@@ -3,7 +3,9 @@
 Importance is the CLS query's attention in the vision layer whose output the
 projector reads (vision_feature_layer, -2 for LLaVA-1.5), computed from that
 layer's q and k for the CLS row only; keys are that layer's attention keys.
-Video is a list of frames given as images (the multi-image path).
+Video is a list of frames given as images (the multi-image path); when the
+frames' placeholder runs are adjacent they form one (T, H, W) span, so the
+budget is per frame × T and temporal methods see the whole clip.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ class LlavaAdapter(Adapter):
         prompt = build_prompt(self, request, len(images), index, self.image_token)
         out = self.processor(text=prompt, images=images or None, return_tensors="pt")
         vision = {"pixel_values": out["pixel_values"]} if images else {}
-        return Prepared(input_ids=out["input_ids"][0], vision=vision, num_images=len(images))
+        frames = len(request.video or [])
+        return Prepared(input_ids=out["input_ids"][0], vision=vision, num_images=len(images), num_frames=frames)
 
     def _vision_layer(self) -> int:
         vfl = self.model.config.vision_feature_layer
@@ -95,7 +98,23 @@ class LlavaAdapter(Adapter):
                 spans.append(
                     Span(start, end, grid=self._grid(), importance=imps[cursor + j].float().cpu(), keys=keys[cursor + j].float().cpu())
                 )
+            if p.num_frames > 1:
+                spans = spans[: len(spans) - p.num_frames] + _as_clip(spans[len(spans) - p.num_frames :])
             cursor += p.num_images
             positions = torch.arange(ids.shape[0])[:, None]
             samples.append(SampleSeq.full(embeds, positions, spans))
         return samples
+
+
+def _as_clip(frames: list[Span]) -> list[Span]:
+    """One (T, H, W) span over adjacent frame spans; frames with text between them stay separate."""
+    adjacent = all(a.end == b.start for a, b in zip(frames, frames[1:]))
+    if not adjacent or frames[0].grid is None:
+        return frames
+    _, h, w = frames[0].grid
+    return [
+        Span(
+            frames[0].start, frames[-1].end, grid=(len(frames), h, w),
+            importance=torch.cat([f.importance for f in frames]), keys=torch.cat([f.keys for f in frames]),
+        )
+    ]

@@ -1,0 +1,95 @@
+"""The default model's architecture: stock LLaVA classes, a word-level tokenizer, a processor.
+
+Shapes: CLIP-style tower (96 px, 4 px patches → 24×24 = 576 tokens, 3×96-d),
+LLaVA's two-layer MLP projector, Llama decoder (4×160-d, RoPE). The chat
+template puts the question before the images: in a causal decoder the visual
+tokens can then attend to the question, which is what lets a model this small
+learn to bind words to image regions within a CPU training budget.
+"""
+
+from __future__ import annotations
+
+from transformers import (
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+
+from restore.archs import word_tokenizer
+from restore.zoo import world
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+WORDS = sorted(
+    set(
+        "user assistant : ? . , a an the is are there what how many where which does at of in written "
+        "digit colour color shape shapes direction move moves describe image photo frame video this "
+        "yes no empty small large left right top bottom center above below up down".split()
+    )
+    | set(world.COLOURS)
+    | set(world.SHAPES)
+    | set(world.PLURALS.values())
+    | set(world.NUMBERS)
+    | {str(d) for d in range(10)}
+)
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }} :"
+    "{% if message['content'] is string %} {{ message['content'] }}"
+    "{% else %}{% for c in message['content'] if c['type'] == 'text' %} {{ c['text'] }}{% endfor %}"
+    "{% for c in message['content'] if c['type'] != 'text' %} <image>{% endfor %}{% endif %}"
+    "{% if message['role'] == 'assistant' %} </s>{% endif %} {% endfor %}"
+    "{% if add_generation_prompt %}assistant :{% endif %}"
+)
+
+SHAPE = dict(vision_width=96, vision_depth=3, vision_heads=4, vision_mlp=256,
+             text_width=160, text_depth=4, text_heads=5, text_mlp=448)
+
+
+def build(seed: int = 0):
+    """(model, processor) with fresh weights: the starting point of `python -m restore.zoo.train`."""
+    import torch
+
+    torch.manual_seed(seed)
+    tok = word_tokenizer(WORDS, SPECIALS)
+    tok.chat_template = CHAT_TEMPLATE
+    s = SHAPE
+    text = LlamaConfig(
+        vocab_size=len(tok), hidden_size=s["text_width"], intermediate_size=s["text_mlp"],
+        num_hidden_layers=s["text_depth"], num_attention_heads=s["text_heads"], num_key_value_heads=s["text_heads"],
+        max_position_embeddings=8192, rope_theta=10000.0, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    vision = CLIPVisionConfig(
+        image_size=world.SIZE, patch_size=world.PATCH, hidden_size=s["vision_width"],
+        intermediate_size=s["vision_mlp"], num_hidden_layers=s["vision_depth"], num_attention_heads=s["vision_heads"],
+        projection_dim=s["vision_width"],
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+    )
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = 2
+    model.generation_config.bos_token_id = 1
+    return model, processor(tok)
+
+
+def processor(tokenizer) -> LlavaProcessor:
+    improc = CLIPImageProcessor(
+        size={"shortest_edge": world.SIZE}, crop_size={"height": world.SIZE, "width": world.SIZE},
+        image_mean=[0.5] * 3, image_std=[0.5] * 3,
+    )
+    return LlavaProcessor(
+        image_processor=improc, tokenizer=tokenizer, patch_size=world.PATCH, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, image_token="<image>", chat_template=CHAT_TEMPLATE,
+    )
+
+
+def chat_prompt(proc: LlavaProcessor, question: str, num_images: int) -> str:
+    content = [{"type": "image"}] * num_images + [{"type": "text", "text": question}]
+    return proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+
