@@ -58,20 +58,24 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Generate a scene and answer one question about it, full tokens and reduced, side by side."""
-    from restore import Engine, ReductionConfig, Request
-    from restore.zoo.scenes import scene
+    """Generate a scene and caption it, full tokens and reduced, side by side, beside the true caption."""
+    import random
 
-    image, objects = scene(args.seed)
+    from restore import Engine, ReductionConfig, Request
+    from restore.zoo import world
+
+    scene = world.random_scene(random.Random(f"restore-demo:{args.seed}"))
+    image = world.render(scene)
     engine = Engine.from_pretrained(args.model, device=args.device)
-    prompt = "<image> describe the image ."
+    chat = getattr(engine.processor, "chat_template", None) is not None
+    prompt = "describe the image ." if chat else "<image> describe the image ."
     configs = [ReductionConfig()] + [
         ReductionConfig(method=m, budget=args.budget, restore={"enabled": on})
         for m in args.methods.split(",")
         for on in (False, True)
     ]
     results = engine.generate([Request(prompt, [image], reduction=c) for c in configs], max_new_tokens=args.max_new_tokens)
-    print(f"scene {args.seed}: " + ", ".join(f"{o['colour']} {o['shape']}" for o in objects))
+    print(f"scene {args.seed}, true caption: {world.caption(scene)!r}")
     print(f"{'method':<10} {'restore':<8} {'tokens':>7} {'text'}")
     for c, r in zip(configs, results):
         print(f"{c.method:<10} {str(r.stats['restore']):<8} {r.stats['kept_tokens']:>7} {r.text!r}")
@@ -126,10 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a generated scene through full, base and RESTORE-wrapped reduction")
     p.add_argument("--model", default="default")
     p.add_argument("--methods", default="random,pool,visionzip,divprune")
-    p.add_argument("--budget", type=int, default=8)
+    p.add_argument("--budget", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.add_argument("--max-new-tokens", type=int, default=56)
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("label", help="caption or answer questions about a corpus on Ray Data, into Parquet")

@@ -27,12 +27,12 @@ from pathlib import Path
 
 
 def make_images(root: Path, n: int, size: int) -> list[str]:
-    from restore.zoo.scenes import scene
+    from restore.zoo.world import scene_image
 
     root.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
-        img, _ = scene(1000 + i, size=size)
+        img = scene_image(1000 + i, size)
         path = root / f"scene{i:04d}.png"
         img.save(path)
         paths.append(str(path))

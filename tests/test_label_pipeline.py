@@ -22,7 +22,7 @@ from pipelines.batch import ShardCollector, run
 from pipelines.config import JobConfigError, LabelJob
 from pipelines.demo import encode_mp4
 from pipelines.predictor import OUTPUT_SCHEMA
-from restore.zoo.scenes import scene
+from restore.zoo.world import scene_image
 
 MODEL = "random:llava-tiny"  # 24 px images, 4 px patches: 36 visual tokens per image or frame
 GOOD_IMAGES = 5
@@ -45,7 +45,7 @@ def corpus(tmp_path_factory):
     images = root / "images"
     images.mkdir()
     for i in range(GOOD_IMAGES):
-        img, _ = scene(i, size=48)
+        img = scene_image(i, 48)
         img.save(images / (f"scene{i}.png" if i % 2 == 0 else f"scene{i}.jpg"))
     rng = np.random.default_rng(0)
     (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + rng.integers(0, 255, 300, dtype=np.uint8).tobytes())
@@ -331,7 +331,7 @@ def test_decoders_sample_uniformly_and_shrink():
     assert len(video.frames) == 4 and video.timestamps == sorted(set(video.timestamps))
     assert video.source_fps == 4 and video.duration == 1.5 and video.frames[0].size == (32, 32)
     assert len(decode_video(clip(0), "c.mp4", frames=16).frames) == 6  # never the same frame twice
-    img, _ = scene(0, size=200)
+    img = scene_image(0, 200)
     buf = io.BytesIO()
     img.crop((0, 0, 200, 100)).save(buf, "PNG")
     small = decode_image(buf.getvalue(), "wide.png", max_pixels=5000)

@@ -22,7 +22,7 @@ import pytest
 from pipelines import batch
 from pipelines.config import LabelJob
 from pipelines.predictor import OUTPUT_SCHEMA, LabelPredictor
-from restore.zoo.scenes import scene
+from restore.zoo.world import scene_image
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "random:llava-tiny"
@@ -35,7 +35,7 @@ ENV.pop("RAY_ADDRESS", None)  # each subprocess starts its own Ray
 def images(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("resume-corpus")
     for i in range(N_IMAGES):
-        img, _ = scene(100 + i, size=48)
+        img = scene_image(100 + i, 48)
         img.save(root / f"scene{i:02d}.png")
     return root
 

@@ -200,3 +200,15 @@ def test_calibration_prices_the_missing_tokens(service):
         service.calibration = None
     assert stats["speedup"] == pytest.approx((wall + 0.5 * (36 - 8) / 1e3) / wall)
     assert stats["full_rate"] == pytest.approx(1 / (wall + 0.5 * (36 - 8) / 1e3))
+
+
+def test_load_test_script_reports_each_level(tmp_path):
+    from pipelines.bench_serve import main
+
+    report = main(["--model", "random:llava-tiny", "--budget", "8", "--concurrency", "1,2", "--requests", "2",
+                   "--max-tokens", "2", "--out", str(tmp_path)])
+    assert [(r["setting"], r["concurrency"], r["ok"]) for r in report["results"]] == [
+        ("full", 1, 2), ("reduced", 1, 2), ("full", 2, 2), ("reduced", 2, 2)
+    ]
+    assert {r["kept_tokens"] for r in report["results"]} == {36, 8}
+    assert (tmp_path / "serve.json").exists() and "| reduced | 2 |" in (tmp_path / "serve.md").read_text()

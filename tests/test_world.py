@@ -142,7 +142,7 @@ def test_training_rows_match_the_processor_and_chat_template():
     ids, labels = encode_rows(processor, rows, 576)
     q, a, _, ground = rows[0]
     prompt = architecture.chat_prompt(processor, q, 1)
-    assert prompt == f"user : {q} <image> assistant :"
+    assert prompt == f"user : {q} <image> {q} assistant :"
     ref = processor(text=prompt, images=pics[:1], return_tensors="pt")["input_ids"][0]
     assert ids[0, : len(ref)].tolist() == ref.tolist()
     target = processor.tokenizer(a, add_special_tokens=False)["input_ids"] + [processor.tokenizer.eos_token_id]

@@ -304,9 +304,9 @@ def load(args) -> tuple[Engine, str, float]:
 
 
 def measure(engine: Engine, settings: list[Setting], batch_sizes: list[int], runs: int, max_new_tokens: int):
-    from restore.zoo.scenes import scene
+    from restore.zoo.world import scene_image
 
-    images = [scene(i)[0] for i in range(max(batch_sizes))]
+    images = [scene_image(i, 336) for i in range(max(batch_sizes))]
     combos = [(s, b) for b in batch_sizes for s in settings]
 
     def requests(setting: Setting, bsz: int) -> list[Request]:

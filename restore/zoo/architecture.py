@@ -4,7 +4,9 @@ Shapes: CLIP-style tower (96 px, 4 px patches → 24×24 = 576 tokens, 3×96-d),
 LLaVA's two-layer MLP projector, Llama decoder (4×160-d, RoPE). The chat
 template puts the question before the images: in a causal decoder the visual
 tokens can then attend to the question, which is what lets a model this small
-learn to bind words to image regions within a CPU training budget.
+learn to bind words to image regions within a CPU training budget; the
+question is repeated after the images, so the answer position finds its words
+within a few tokens instead of behind 576 visual tokens.
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ WORDS = sorted(
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }} :"
     "{% if message['content'] is string %} {{ message['content'] }}"
-    "{% else %}{% for c in message['content'] if c['type'] == 'text' %} {{ c['text'] }}{% endfor %}"
-    "{% for c in message['content'] if c['type'] != 'text' %} <image>{% endfor %}{% endif %}"
+    "{% else %}{% set texts = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | list %}"
+    "{% for t in texts %} {{ t }}{% endfor %}"
+    "{% for c in message['content'] if c['type'] != 'text' %} <image>{% endfor %}"
+    "{% if message['content'] | rejectattr('type', 'equalto', 'text') | list %}{% for t in texts %} {{ t }}{% endfor %}"
+    "{% endif %}{% endif %}"
     "{% if message['role'] == 'assistant' %} </s>{% endif %} {% endfor %}"
     "{% if add_generation_prompt %}assistant :{% endif %}"
 )

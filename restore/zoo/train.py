@@ -11,9 +11,9 @@ rows. Losses:
   a few hundred steps;
 - a grounding loss in the middle of the decoder: at every visual token, is
   this patch part of what the question is about (`world.referents`)?
-- a look loss on one attention head of the same layer: the last prompt token
-  (where the first answer token is predicted) should put its attention on
-  those patches.
+- look losses on head 0 of two layers: in the first layer every visual token
+  reads the question before it; in the grounding layer the last prompt token
+  (where the first answer token is predicted) looks at the referred patches.
 Binding question words to image regions is the slow part of learning from
 answers alone (answer loss stalls at the answer priors for hundreds of steps);
 the last two supervise it directly. The extra heads are training-only.
@@ -44,14 +44,29 @@ IMAGE_KINDS = world.IMAGE_TYPES + ["caption"]
 
 
 class PatchHeads(nn.Module):
-    """Linear classifiers over the tower's patch features; used in training only, not shipped."""
+    """Linear classifiers over the tower's patch features; used in training only, not shipped.
+
+    Object patches are a small minority (a glyph covers ~12 of 576), so for the object heads the
+    loss averages object patches and background patches separately and weighs them equally: a
+    mean over all patches is low long before the rare classes are learned."""
+
+    OBJECT_HEADS = ("colour", "shape", "size", "digit")
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.heads = nn.ModuleDict({k: nn.Linear(width, n) for k, n in world.LABEL_HEADS.items()})
 
     def forward(self, feats: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
-        losses = [F.cross_entropy(h(feats).flatten(0, 1), labels[k].flatten()) for k, h in self.heads.items()]
+        losses = []
+        for k, h in self.heads.items():
+            ce = F.cross_entropy(h(feats).flatten(0, 1), labels[k].flatten(), reduction="none")
+            if k in self.OBJECT_HEADS:
+                on = labels[k].flatten() > 0
+                parts = [ce[on].mean()] if bool(on.any()) else []
+                parts += [ce[~on].mean()] if bool((~on).any()) else []
+                losses.append(torch.stack(parts).mean())
+            else:
+                losses.append(ce.mean())
         return torch.stack(losses).mean()
 
 
@@ -134,34 +149,56 @@ class GroundHead(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(4.0, device=hidden.device))
 
 
+def head0_attention(model, hidden_in: torch.Tensor, layer: int, query: torch.Tensor) -> torch.Tensor:
+    """Causal attention probabilities of head 0 of decoder `layer` for query positions `query` (B, Q) → (B, Q, T).
+
+    Recomputed from the layer's input exactly as the stock layer does (norm, q/k projections, RoPE)."""
+    lm = model.model.language_model
+    block = lm.layers[layer]
+    attn = block.self_attn
+    x = block.input_layernorm(hidden_in)
+    b, t, _ = x.shape
+    hd = attn.head_dim
+    cos, sin = lm.rotary_emb(x, torch.arange(t, device=x.device)[None].expand(b, t))
+    rows = torch.arange(b, device=x.device)[:, None]
+    q = attn.q_proj(x[rows, query]).view(b, query.shape[1], -1, hd)[:, :, 0]  # (B, Q, hd)
+    k = attn.k_proj(x).view(b, t, -1, hd)[:, :, 0]  # head 0's key head: (B, T, hd)
+    q = q * cos[rows, query] + _rotate_half(q) * sin[rows, query]
+    k = k * cos + _rotate_half(k) * sin
+    logits = torch.einsum("bqd,btd->bqt", q, k) * attn.scaling
+    future = torch.arange(t, device=x.device)[None, None] > query[:, :, None]
+    return logits.masked_fill(future, float("-inf")).float().softmax(-1)
+
+
 def look_loss(model, hidden_in: torch.Tensor, layer: int, ids: torch.Tensor, query: torch.Tensor, rows, image_id: int):
     """-log of the attention mass head 0 of `layer` puts, from each row's `query` position, on its referents."""
     keep = [i for i, r in enumerate(rows) if r[3] is not None and r[3].any()]
     if not keep:
         return hidden_in.sum() * 0.0
-    lm = model.model.language_model
-    block = lm.layers[layer]
-    attn = block.self_attn
     idx = torch.tensor(keep, device=ids.device)
-    x = block.input_layernorm(hidden_in[idx])
-    b, t, _ = x.shape
-    hd = attn.head_dim
-    positions = torch.arange(t, device=x.device)[None].expand(b, t)
-    cos, sin = lm.rotary_emb(x, positions)
-    q_at = query[idx]
-    q = attn.q_proj(x[torch.arange(b), q_at]).view(b, -1, hd)[:, 0]  # head 0: (b, hd)
-    k = attn.k_proj(x).view(b, t, -1, hd)[:, :, 0]  # its key/value head: (b, t, hd)
-    cq, sq = cos[torch.arange(b), q_at], sin[torch.arange(b), q_at]
-    q = q * cq + _rotate_half(q) * sq
-    k = k * cos + _rotate_half(k) * sin
-    logits = torch.einsum("bd,btd->bt", q, k) * attn.scaling
-    logits = logits.masked_fill(torch.arange(t, device=x.device)[None] > q_at[:, None], float("-inf"))
-    probs = logits.float().softmax(-1)
-    target = torch.zeros(b, t, device=x.device)
+    probs = head0_attention(model, hidden_in[idx], layer, query[idx][:, None])[:, 0]
+    target = torch.zeros_like(probs)
     sub = ids[idx]
     for j, i in enumerate(keep):
-        target[j, (sub[j] == image_id).nonzero()[:, 0]] = torch.from_numpy(rows[i][3]).to(x.device)
+        target[j, (sub[j] == image_id).nonzero()[:, 0]] = torch.from_numpy(rows[i][3]).to(probs.device)
     return -(probs * target).sum(-1).clamp(min=1e-6).log().mean()
+
+
+def read_loss(model, embeds: torch.Tensor, ids: torch.Tensor, image_id: int, sample: int = 48) -> torch.Tensor:
+    """-log of the attention mass head 0 of the first layer puts, from visual tokens, on the question before them.
+
+    Every visual token has to read the question before it can tell whether it is what the question asks
+    about; this makes that route exist from the first steps instead of waiting for it to emerge."""
+    visual = ids == image_id
+    first = visual.int().argmax(1)  # the question is the text before the first image
+    gen = torch.Generator().manual_seed(int(ids.sum()))
+    query = torch.stack([
+        torch.nonzero(visual[i])[:, 0][torch.randint(int(visual[i].sum()), (sample,), generator=gen)]
+        for i in range(ids.shape[0])
+    ])
+    probs = head0_attention(model, embeds, 0, query)
+    text = torch.arange(ids.shape[1], device=ids.device)[None] < first[:, None]
+    return -(probs * text[:, None].float()).sum(-1).clamp(min=1e-6).log().mean()
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -194,6 +231,7 @@ def losses(model, heads: PatchHeads, ground: GroundHead, processor, batch, devic
     prompt_end = (targets != -100).int().argmax(1) - 1  # the last prompt token predicts the first answer token
     look = look_loss(model, out.hidden_states[ground.layer], ground.layer, ids, prompt_end, rows,
                      model.config.image_token_id)
+    read = read_loss(model, out.hidden_states[0], ids, model.config.image_token_id)
     # Only answer positions need logits: predict token t+1 from position t.
     tgt = targets[:, 1:]
     where = tgt != -100
@@ -201,7 +239,7 @@ def losses(model, heads: PatchHeads, ground: GroundHead, processor, batch, devic
     per_tok = F.cross_entropy(logits.float(), tgt[where], reduction="none")
     row = where.nonzero()[:, 0]
     per_row = torch.zeros(ids.shape[0], device=device).index_add_(0, row, per_tok) / where.sum(1).clamp(min=1)
-    return per_row.mean(), aux, grounding, look
+    return per_row.mean(), aux, grounding, look + read
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -292,7 +330,7 @@ def main(argv=None) -> int:
     p.add_argument("--ground-weight", type=float, default=1.0, help="weight of the grounding loss in the decoder")
     p.add_argument("--ground-layer", type=int, default=2,
                    help="decoder layer whose input the grounding head reads and whose head 0 the look loss trains")
-    p.add_argument("--look-weight", type=float, default=0.5, help="weight of the attention (look) loss")
+    p.add_argument("--look-weight", type=float, default=0.5, help="weight of the attention (look) losses")
     p.add_argument("--clip-share", type=float, default=0.2, help="share of steps that train on clips")
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--device", default="cpu", help="cpu or cuda")

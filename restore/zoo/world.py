@@ -288,6 +288,12 @@ def render(scene: Scene) -> Image.Image:
     return img.resize((SIZE, SIZE), Image.BOX)
 
 
+def scene_image(seed: int, size: int = SIZE) -> Image.Image:
+    """A random scene's image for seed `seed`, resized to `size` px (inputs for demos, tests, benchmarks)."""
+    img = render(random_scene(random.Random(f"restore-scene:{seed}")))
+    return img if size == SIZE else img.resize((size, size), Image.BICUBIC)
+
+
 def render_clip(clip: Clip) -> list[Image.Image]:
     return [render(f) for f in clip.frames]
 
