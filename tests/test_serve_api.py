@@ -212,3 +212,32 @@ def test_load_test_script_reports_each_level(tmp_path):
     ]
     assert {r["kept_tokens"] for r in report["results"]} == {36, 8}
     assert (tmp_path / "serve.json").exists() and "| reduced | 2 |" in (tmp_path / "serve.md").read_text()
+
+
+def test_video_url_part_is_sampled_into_frames(client):
+    from pipelines.demo import encode_mp4
+
+    frames = [Image.new("RGB", (24, 24), (40 * i, 100, 200)) for i in range(6)]
+    url = "data:video/mp4;base64," + base64.b64encode(encode_mp4(frames)).decode()
+    body = chat([{"type": "text", "text": "what moves ?"}, {"type": "video_url", "video_url": {"url": url}}])
+    out = client.post("/v1/chat/completions", json=body)
+    assert out.status_code == 200, out.text
+    stats = out.json()["restore"]
+    assert stats["visual_tokens"] == 6 * 36 and stats["kept_tokens"] == 6 * 8  # budget per frame
+    two = chat([{"type": "video_url", "video_url": {"url": url}}] * 2)
+    assert "at most one video" in client.post("/v1/chat/completions", json=two).json()["error"]["message"]
+
+
+def test_restore_serve_flags_build_valid_settings(monkeypatch):
+    from jobs.cli import build_parser
+    from jobs.serve import settings_from_args
+
+    monkeypatch.setenv("RESTORE_API_KEY", "from-env")
+    args = build_parser().parse_args(["serve", "--model", "random:llava-tiny", "--method", "visionzip", "--budget",
+                                      "0.25", "--no-restore", "--max-replicas", "3", "--allow-host", "images.example"])
+    settings, dep = settings_from_args(args)
+    assert (settings.reduction.method, settings.reduction.budget, settings.reduction.restore.enabled) == (
+        "visionzip", 0.25, False)
+    assert settings.api_key == "from-env" and settings.fetch.allowed_hosts == ["images.example"]
+    assert (dep.min_replicas, dep.max_replicas, dep.num_gpus) == (1, 3, 0.0)
+    assert args.host == "127.0.0.1"
