@@ -75,12 +75,16 @@ def random_llava(name: str, scale: float = 1.0, seed: int = 0, dtype=torch.float
     model = LlavaForConditionalGeneration(config).to(dtype).eval()
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = 2
+    return model, llava_processor(tok, s["image"], s["patch"])
+
+
+def llava_processor(tokenizer, image_size: int, patch: int, chat_template: str | None = None) -> LlavaProcessor:
+    """A LLaVA processor for square `image_size` inputs (mean/std 0.5), CLS dropped, '<image>' placeholders."""
     improc = CLIPImageProcessor(
-        size={"shortest_edge": s["image"]}, crop_size={"height": s["image"], "width": s["image"]},
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
         image_mean=[0.5] * 3, image_std=[0.5] * 3,
     )
-    processor = LlavaProcessor(
-        image_processor=improc, tokenizer=tok, patch_size=s["patch"], vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, image_token="<image>",
+    return LlavaProcessor(
+        image_processor=improc, tokenizer=tokenizer, patch_size=patch, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, image_token="<image>", chat_template=chat_template,
     )
-    return model, processor

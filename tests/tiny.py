@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import torch
 from transformers import (
-    CLIPImageProcessor,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
-    LlavaProcessor,
     PreTrainedTokenizerFast,
 )
 
@@ -42,15 +40,7 @@ def tiny_llava(seed: int = 0, image_size: int = 12, patch: int = 2, layers: int 
     model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = 2
-    improc = CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-    )
-    processor = LlavaProcessor(
-        image_processor=improc, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, image_token="<image>",
-    )
-    return model, processor
+    return model, archs.llava_processor(tok, image_size, patch)
 
 
 def _chat_template(image: str, video: str) -> str:

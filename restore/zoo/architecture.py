@@ -12,7 +12,6 @@ within a few tokens instead of behind 576 visual tokens.
 from __future__ import annotations
 
 from transformers import (
-    CLIPImageProcessor,
     CLIPVisionConfig,
     LlamaConfig,
     LlavaConfig,
@@ -20,7 +19,7 @@ from transformers import (
     LlavaProcessor,
 )
 
-from restore.archs import word_tokenizer
+from restore.archs import llava_processor, word_tokenizer
 from restore.zoo import world
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
@@ -84,14 +83,7 @@ def build(seed: int = 0):
 
 
 def processor(tokenizer) -> LlavaProcessor:
-    improc = CLIPImageProcessor(
-        size={"shortest_edge": world.SIZE}, crop_size={"height": world.SIZE, "width": world.SIZE},
-        image_mean=[0.5] * 3, image_std=[0.5] * 3,
-    )
-    return LlavaProcessor(
-        image_processor=improc, tokenizer=tokenizer, patch_size=world.PATCH, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, image_token="<image>", chat_template=CHAT_TEMPLATE,
-    )
+    return llava_processor(tokenizer, world.SIZE, world.PATCH, CHAT_TEMPLATE)
 
 
 def chat_prompt(proc: LlavaProcessor, question: str, num_images: int) -> str:
