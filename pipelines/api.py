@@ -124,15 +124,18 @@ def restore_stats(stats: dict) -> dict:
     }
 
 
+def finish_reason(result, max_tokens: int) -> str:
+    return "length" if result.stats["generated_tokens"] >= max_tokens else "stop"
+
+
 def chat_response(model: str, result, max_tokens: int) -> dict:
-    s = result.stats
-    finish = "length" if s["generated_tokens"] >= max_tokens else "stop"
+    message = {"role": "assistant", "content": result.text}
     return {
         "id": completion_id(), "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": finish,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(result, max_tokens),
                      "logprobs": None}],
         "usage": usage(result),
-        "restore": restore_stats(s),
+        "restore": restore_stats(result.stats),
     }
 
 

@@ -134,10 +134,15 @@ class LabelPredictor:
             "worker": self.worker, "finished_at": dt.datetime.now(dt.UTC),
         }
         if not error:
-            s = result.stats
-            out.update(
-                answer=result.text, visual_tokens=s["visual_tokens"], kept_tokens=s["kept_tokens"],
-                prompt_tokens=s["prompt_tokens"], prefill_ms=s["prefill_ms"], decode_ms=s["decode_ms"],
-                generated_tokens=s["generated_tokens"],
-            )
+            out.update(result_fields(result))
         return out
+
+
+def result_fields(result) -> dict:
+    """The OUTPUT_SCHEMA fields an engine `Result` fills: the answer and its token and timing stats."""
+    s = result.stats
+    return {
+        "answer": result.text, "visual_tokens": s["visual_tokens"], "kept_tokens": s["kept_tokens"],
+        "prompt_tokens": s["prompt_tokens"], "prefill_ms": s["prefill_ms"], "decode_ms": s["decode_ms"],
+        "generated_tokens": s["generated_tokens"],
+    }

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipelines import api
 from pipelines.config import DEFAULT_CAPTION_PROMPTS
 from pipelines.fetch import MediaError, load_image, load_video
+from pipelines.predictor import result_fields
 from pipelines.service import ServeSettings, Service, media_prompt
 from restore.config import GenerationConfig
 
@@ -240,7 +241,7 @@ async def _stream(service: Service, name: str, request, generation: GenerationCo
     piece = delta_for(result.text)
     if piece:
         yield event(api.chunk(cid, name, created, {"content": piece}))
-    finish = "length" if result.stats["generated_tokens"] >= generation.max_new_tokens else "stop"
+    finish = api.finish_reason(result, generation.max_new_tokens)
     yield event(api.chunk(cid, name, created, {}, finish, restore=api.restore_stats(result.stats)))
     if body.stream_options and body.stream_options.include_usage:
         yield event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
@@ -248,7 +249,7 @@ async def _stream(service: Service, name: str, request, generation: GenerationCo
     yield "data: [DONE]\n\n"
 
 
-def _media_reference(value: str, field: str, service: Service) -> str:
+def _media_reference(value: str, field: str) -> str:
     """A data:/s3:/http(s) reference as given, or raw base64 wrapped as a data: URI."""
     if value.startswith("data:") or "://" in value[:16]:
         return value
@@ -266,12 +267,12 @@ async def _rows(service: Service, body, task: str, prompts: list[str], worker: s
     generation = _generation(service, body)
     rid = body.id or uuid.uuid4().hex[:16]
     if body.image is not None:
-        ref = _media_reference(body.image, "image", service)
+        ref = _media_reference(body.image, "image")
         image = await run_in_threadpool(load_image, ref, "image", s.fetch)
         make = lambda p: Request(media_prompt(service.engine, p, 1), images=[image], reduction=body.restore)  # noqa: E731
         uri = body.image if "://" in body.image[:16] else f"inline:{rid}"
     else:
-        ref = _media_reference(body.video, "video", service)
+        ref = _media_reference(body.video, "video")
         video = await run_in_threadpool(load_video, ref, "video", s.fetch, s.video_frames)
         make = lambda p: Request(media_prompt(service.engine, p, len(video.frames)), video=video.frames,  # noqa: E731
                                  fps=video.fps, reduction=body.restore)
@@ -280,14 +281,11 @@ async def _rows(service: Service, body, task: str, prompts: list[str], worker: s
     reduction = body.restore or s.reduction
     rows = []
     for i, (p, r) in enumerate(zip(prompts, results, strict=True)):
-        st = r.stats
         rows.append({
-            "id": rid if len(prompts) == 1 else f"{rid}:{i}", "uri": uri, "task": task, "prompt": p, "answer": r.text,
+            "id": rid if len(prompts) == 1 else f"{rid}:{i}", "uri": uri, "task": task, "prompt": p,
             "model": s.model, "method": reduction.method,
             "budget": float(reduction.budget) if reduction.budget is not None else None,
-            "restore": bool(st["restore"]), "visual_tokens": st["visual_tokens"], "kept_tokens": st["kept_tokens"],
-            "prompt_tokens": st["prompt_tokens"], "prefill_ms": st["prefill_ms"], "decode_ms": st["decode_ms"],
-            "generated_tokens": st["generated_tokens"], "status": "ok", "error": None, "worker": worker,
+            "restore": bool(r.stats["restore"]), **result_fields(r), "status": "ok", "error": None, "worker": worker,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         })
     return rows
