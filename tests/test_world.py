@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from restore.zoo import architecture, world
-from restore.zoo.train import encode_rows, sample_batch
+from restore.zoo.train import DESCRIPTIVE, encode, gather_targets, look_targets, sample_batch
 from restore.zoo.world import Clip, Glyph, Obj, Scene
 
 # Top-left large red circle, centre small red square, bottom-right large blue triangle, digit 7 at top right.
@@ -136,19 +136,59 @@ def test_vocabulary_covers_every_question_and_answer():
         assert set((it.question + " " + it.answer).split()) <= vocab, it
 
 
-def test_training_rows_match_the_processor_and_chat_template():
+def test_training_conversations_match_the_processor_and_chat_template():
     _, processor = architecture.build(0)
-    pics, _, rows = sample_batch(random.Random(0), clip=False, images=1, per_image=2)
-    ids, labels = encode_rows(processor, rows, 576)
-    q, a, _, ground = rows[0]
-    prompt = architecture.chat_prompt(processor, q, 1)
-    assert prompt == f"user : {q} <image> {q} assistant :"
-    ref = processor(text=prompt, images=pics[:1], return_tensors="pt")["input_ids"][0]
-    assert ids[0, : len(ref)].tolist() == ref.tolist()
-    target = processor.tokenizer(a, add_special_tokens=False)["input_ids"] + [processor.tokenizer.eos_token_id]
-    assert labels[0][labels[0] != -100].tolist() == target
-    assert processor.tokenizer.unk_token_id not in ids.tolist()
-    assert ground is None or ground.shape == (576,)
+    conv = sample_batch(random.Random(0), clip=False, images=1, turns=3)[0]
+    ids, labels, turn_of, looks, gathers = encode(processor, [conv])
+    first = conv.turns[0]
+    prompt = architecture.chat_prompt(processor, first.question, 1)
+    assert prompt == f"user : <image> {first.question} assistant :"
+    ref = processor(text=prompt, images=conv.images, return_tensors="pt")["input_ids"][0]
+    assert ids[0, : len(ref)].tolist() == ref.tolist()  # the first turn is exactly an inference prompt
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": first.question}]}]
+    for i, t in enumerate(conv.turns):
+        if i:
+            messages.append({"role": "user", "content": [{"type": "text", "text": t.question}]})
+        messages.append({"role": "assistant", "content": t.answer})
+    whole = processor.apply_chat_template(messages, tokenize=False).replace("<image>", "<image>" * 576)
+    assert ids[0].tolist() == processor.tokenizer(whole.rstrip(), add_special_tokens=False)["input_ids"]
+    tok = processor.tokenizer
+    answers = [i for t in conv.turns for i in tok(t.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
+    assert labels[0][labels[0] != -100].tolist() == answers
+    assert turn_of[0][labels[0] != -100].unique().tolist() == [0, 1, 2]
+    assert tok.unk_token_id not in ids.tolist()
+    for row, pos, head, mask in looks:  # from the ":" that predicts an answer word (or a caption cell's content)
+        assert row == 0 and head in (0, 1, 2) and mask.shape == (576,) and mask.sum() > 0
+        assert ids[0, pos].item() == tok.convert_tokens_to_ids(":") and labels[0, pos + 1] != -100
+    naming = DESCRIPTIVE | {"top", "bottom", "left", "right", "center"}
+    for _, pos, _, where in gathers:  # the same tokens read the words that name what is asked about
+        assert ids[0, pos].item() == tok.convert_tokens_to_ids(":") and all(w < pos for w in where)
+        assert set(tok.convert_ids_to_tokens(ids[0, where].tolist())) <= naming
+    assert {p for _, p, _, _ in looks} <= {p for _, p, _, _ in gathers}
+
+
+def test_gathers_name_each_shape_of_a_relation():
+    q = "is the red circle left of the blue triangle ?"
+    named = {head: [q.split()[i] for i in idx] for _, head, _, idx in gather_targets("relation", q, "yes")}
+    assert named == {0: ["red", "circle", "blue", "triangle"], 1: ["red", "circle"], 2: ["blue", "triangle"]}
+    assert [idx for *_, idx in gather_targets("glyph", "what digit is written at the top right ?", "7")] == [[6, 7]]
+
+
+def test_caption_looks_follow_the_cell_being_described():
+    labels = world.patch_labels(HAND)
+    looks = look_targets(HAND, labels, "caption", "describe the image .", world.caption(HAND))
+    words = world.caption(HAND).split()
+    assert [words[j] for j, _, _ in looks] == ["large", "digit", "small", "large"]  # top left, top right, center, b. right
+    assert looks[0][2].reshape(24, 24)[4, 4] == 1 and looks[1][2].reshape(24, 24)[4, 20] == 1
+
+
+def test_relation_looks_split_the_two_shapes():
+    labels = world.patch_labels(HAND)
+    looks = look_targets(HAND, labels, "relation", "is the red circle left of the blue triangle ?", "yes")
+    grids = {head: mask.reshape(24, 24) for _, head, mask in looks}
+    assert grids[0][4, 4] == grids[0][19, 20] == 1
+    assert grids[1][4, 4] == 1 and grids[1][19, 20] == 0
+    assert grids[2][4, 4] == 0 and grids[2][19, 20] == 1
 
 
 def test_referents_ground_the_question():

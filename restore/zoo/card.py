@@ -49,8 +49,8 @@ measured here (`restore bench accuracy`). It knows nothing outside that world.
   {v['num_hidden_layers']} layers × {v['hidden_size']}-d, {v['num_attention_heads']} heads; features from the last layer, CLS dropped.
 - Projector: LLaVA's two-layer MLP (GELU).
 - Language model: Llama, {t['num_hidden_layers']} layers × {t['hidden_size']}-d, {t['num_attention_heads']} heads, RoPE θ = {t.get('rope_theta', (t.get('rope_parameters') or {}).get('rope_theta'))}.
-- Tokenizer: word level (`tokenizers`, `tokenizer.json`), {t['vocab_size']} tokens. The chat template puts the
-  question before the images (`user : QUESTION <image>… assistant :`), so visual tokens can attend to it.
+- Tokenizer: word level (`tokenizers`, `tokenizer.json`), {t['vocab_size']} tokens. The chat template is LLaVA's
+  order: `user : <image>… QUESTION assistant :`.
 - Video: frames as several images in one prompt; adjacent frames form one clip span for reduction.
 - {params / 1e6:.2f} M parameters, {size / 2**20:.1f} MiB of safetensors (float32).
 
@@ -63,8 +63,11 @@ digits, cluttered grey backgrounds; clips of 4 frames in which shapes move. Ques
 ## Training
 `python -m restore.zoo.train {flags}`
 
-Answer-token cross-entropy (mean per question) plus a per-patch classification loss on the
-tower (colour, shape, size, digit, object centre). {len(log)} steps in {minutes:.0f} min on this
+Each scene is one conversation of several questions. Losses: answer-token cross-entropy (mean per
+answer), a per-patch classification loss on the tower (colour, shape, size, digit, object centre,
+row, column), and attention losses on the answering token: three heads of the first decoder layer read the
+words naming what is asked about, the same heads of layer {args.get('look_layer', '?')} look at the patches
+those words refer to. {len(log)} steps in {minutes:.0f} min on this
 machine's CPU; over the last 50 steps the answer loss averaged {lm:.3f} and the patch loss {patch:.3f}.
 
 ## Held-out accuracy (all 576 tokens)

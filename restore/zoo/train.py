@@ -1,22 +1,27 @@
 """`python -m restore.zoo.train`: train the default model from a seed on the synthetic world.
 
-Each step is either an image batch (4 scenes × 4 questions of mixed types and
-captions) or a clip batch (2 clips × 2 motion questions). The vision tower
-runs once per image and its features are shared by that image's question
-rows. Losses:
-- next-token cross-entropy on the answer tokens (mean per row, so a long
+Each step is either an image batch (scenes, each with a conversation of several
+questions and at most one caption) or a clip batch (clips, each with a motion
+question about every moving shape). One conversation per image means the 576
+visual tokens go through the decoder once for several supervised answers, which
+is most of what makes a CPU training budget enough. Losses:
+- next-token cross-entropy on the answer tokens (mean per answer, so a long
   caption weighs as much as a yes/no);
 - a dense per-patch loss on the tower's output (colour, shape, size, digit,
-  object centre of every patch), which teaches the tower what is where within
-  a few hundred steps;
-- a grounding loss in the middle of the decoder: at every visual token, is
-  this patch part of what the question is about (`world.referents`)?
-- look losses on head 0 of two layers: in the first layer every visual token
-  reads the question before it; in the grounding layer the last prompt token
-  (where the first answer token is predicted) looks at the referred patches.
-Binding question words to image regions is the slow part of learning from
-answers alone (answer loss stalls at the answer priors for hundreds of steps);
-the last two supervise it directly. The extra heads are training-only.
+  object centre, patch row and column), which teaches the tower what is where
+  within a few hundred steps;
+- attention losses that build the route from question to patches: in the
+  first decoder layer, heads 0-2 of the token that predicts an answer read the
+  words naming what is asked about (both shapes of a relation, then each one;
+  in captions, the cell's name); in the look layer the same heads look at the
+  patches those words refer to (heads 1 and 2: the first and second shape of a
+  relation, or the moving shape in the first and last frame). Binding question
+  words to image regions is the slow part of learning from answers alone (the
+  answer loss stalls at the answer priors); these supervise it directly.
+- a linear probe on the answering token at the look layer that must name the
+  gathered words (`QueryHead`): it makes what the first layer reads reach the
+  look layer's queries.
+The patch heads and the probe are training-only and are not shipped.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +47,7 @@ from restore.zoo import architecture, world
 logger = logging.getLogger(__name__)
 
 IMAGE_KINDS = world.IMAGE_TYPES + ["caption"]
+TOKENS = world.GRID * world.GRID
 
 
 class PatchHeads(nn.Module):
@@ -70,87 +77,177 @@ class PatchHeads(nn.Module):
         return torch.stack(losses).mean()
 
 
-def _rows_for_scene(scene: world.Scene, rng: random.Random, per_image: int) -> list[tuple[str, str, str]]:
-    rows = []
-    while len(rows) < per_image:
+@dataclass
+class Turn:
+    question: str
+    answer: str
+    # (index of the answer token being predicted, head, weight per visual token of the conversation)
+    looks: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
+    # (index of the answer token being predicted, head, "question" or "answer", indices of the words to read)
+    gathers: list[tuple[int, int, str, list[int]]] = field(default_factory=list)
+
+
+@dataclass
+class Conversation:
+    images: list
+    labels: list[dict[str, np.ndarray]]
+    turns: list[Turn]
+
+
+def _mask(labels: dict[str, np.ndarray], items: set[int]) -> np.ndarray:
+    return np.isin(labels["item"].reshape(-1), np.array(sorted(items), dtype=np.int64) + 1).astype(np.float32)
+
+
+def _named(scene: world.Scene, name: str) -> set[int]:
+    return {i for i, o in enumerate(scene.objects) if o.name == name}
+
+
+def look_targets(scene: world.Scene, labels, kind: str, question: str, answer: str) -> list:
+    if kind == "caption":
+        at_place = {o.place: i for i, o in enumerate(scene.objects)}
+        if scene.glyph is not None:
+            at_place[scene.glyph.place] = len(scene.objects)
+        words, looks, start = answer.split(), [], 0
+        for j, w in enumerate(words):
+            if w == ",":
+                start = j + 1
+            elif w == ":" and " ".join(words[start:j]) in at_place:
+                looks.append((j + 1, 0, _mask(labels, {at_place[" ".join(words[start:j])]})))
+        return looks
+    refs = world.referents(scene, question)
+    if not refs:
+        return []
+    looks = [(0, 0, _mask(labels, refs))]
+    if kind == "relation":  # "is the A-colour A-shape ... the B-colour B-shape ?"
+        words = question.split()
+        looks += [(0, 1, _mask(labels, _named(scene, " ".join(words[2:4])))),
+                  (0, 2, _mask(labels, _named(scene, " ".join(words[-3:-1]))))]
+    return looks
+
+
+DESCRIPTIVE = set(world.COLOURS) | set(world.SHAPES) | set(world.PLURALS.values()) | set(world.SIZES)
+
+
+def gather_targets(kind: str, question: str, answer: str) -> list[tuple[int, int, str, list[int]]]:
+    """The words the answering token must read first: what names the shapes (or the place) asked about.
+
+    Heads 0-2 of the first decoder layer gather them, so that the look layer's queries carry them."""
+    words = question.split()
+    if kind == "caption":
+        out, start = [], 0
+        for j, w in enumerate(answer.split()):
+            if w == ",":
+                start = j + 1
+            elif w == ":":
+                out.append((j + 1, 0, "answer", list(range(start, j))))
+        return out
+    if kind == "relation":
+        first, second = [2, 3], [len(words) - 3, len(words) - 2]
+        return [(0, 0, "question", first + second), (0, 1, "question", first), (0, 2, "question", second)]
+    if kind == "motion":
+        name = [4, 5]
+        return [(0, h, "question", name) for h in range(3)]
+    if kind == "glyph":
+        return [(0, 0, "question", list(range(words.index("the") + 1, len(words) - 1)))]
+    return [(0, 0, "question", [i for i, w in enumerate(words) if w in DESCRIPTIVE])]
+
+
+def image_conversation(rng: random.Random, turns: int) -> Conversation:
+    scene = world.random_scene(rng)
+    labels = world.patch_labels(scene)
+    out: list[Turn] = []
+    for _ in range(20 * turns):
+        if len(out) == turns:
+            break
         kind = rng.choice(IMAGE_KINDS)
         qa = world.ask(scene, kind, rng)
-        if qa is not None:
-            rows.append((*qa, kind))
-    return rows
+        if qa is None or any(t.question == qa[0] for t in out):
+            continue
+        out.append(Turn(*qa, look_targets(scene, labels, kind, *qa), gather_targets(kind, *qa)))
+    return Conversation([world.render(scene)], [labels], out)
 
 
-def _grounding(scene: world.Scene, question: str, item: np.ndarray) -> np.ndarray:
-    """1 where a patch belongs to what the question is about, per patch (576,)."""
-    targets = np.array(sorted(world.referents(scene, question)), dtype=np.int64) + 1
-    return np.isin(item.reshape(-1), targets).astype(np.float32)
+def clip_conversation(rng: random.Random, frames: int) -> Conversation:
+    clip = world.random_clip(rng, frames)
+    labels = [world.patch_labels(f) for f in clip.frames]
+    names = sorted(clip.moves)
+    rng.shuffle(names)
+    out = []
+    for name in names:
+        per_frame = [_mask(lab, _named(f, name)) for f, lab in zip(clip.frames, labels, strict=True)]
+        first = np.concatenate([per_frame[0]] + [np.zeros_like(m) for m in per_frame[1:]])
+        last = np.concatenate([np.zeros_like(m) for m in per_frame[:-1]] + [per_frame[-1]])
+        looks = [(0, 0, np.concatenate(per_frame)), (0, 1, first), (0, 2, last)]
+        q, a = world.motion_question(clip, name)
+        out.append(Turn(q, a, looks, gather_targets("motion", q, a)))
+    return Conversation(world.render_clip(clip), labels, out)
 
 
-def sample_batch(rng: random.Random, clip: bool, images: int = 4, per_image: int = 4, frames: int = 4):
-    """(images, per-image patch labels, rows of (question, answer, image indices, grounding or None))."""
-    pics, labels, rows = [], [], []
+def sample_batch(rng: random.Random, clip: bool, images: int = 8, turns: int = 6, frames: int = 4):
+    """Conversations for one step: `images` scenes, or clips holding about as many frames."""
     if clip:
-        for _ in range(images // 2):
-            c = world.random_clip(rng, frames)
-            first = len(pics)
-            pics += world.render_clip(c)
-            frame_labels = [world.patch_labels(f) for f in c.frames]
-            labels += frame_labels
-            for _ in range(per_image // 2):
-                q, a = world.ask_motion(c, rng)
-                ground = np.concatenate([_grounding(f, q, lab["item"]) for f, lab in zip(c.frames, frame_labels)])
-                rows.append((q, a, list(range(first, first + frames)), ground))
-        return pics, labels, rows
-    for _ in range(images):
-        scene = world.random_scene(rng)
-        pics.append(world.render(scene))
-        labels.append(world.patch_labels(scene))
-        for q, a, kind in _rows_for_scene(scene, rng, per_image):
-            ground = None if kind == "caption" else _grounding(scene, q, labels[-1]["item"])
-            rows.append((q, a, [len(pics) - 1], ground))
-    return pics, labels, rows
+        return [clip_conversation(rng, frames) for _ in range(max(1, images // frames))]
+    return [image_conversation(rng, turns) for _ in range(images)]
 
 
-def encode_rows(processor, rows, tokens_per_image: int):
-    """input_ids and labels (answer + </s> only), right-padded."""
+def _render(processor, messages, generation: bool) -> str:
+    if not messages:
+        return ""
+    return processor.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False)
+
+
+def encode(processor, convs: list[Conversation], tokens_per_image: int = TOKENS):
+    """input_ids and labels (answers + </s>) right-padded, the turn of every label, looks and gathers.
+
+    Each conversation is rendered turn by turn with the chat template, so its first prompt is exactly
+    what inference sends. Looks are (row, query position, head, weight over the row's visual tokens);
+    gathers are (row, query position, head, positions of the words to read)."""
     tok = processor.tokenizer
     image_token = processor.image_token
-    seqs, targets = [], []
-    for q, a, imgs, *_ in rows:
-        prompt = architecture.chat_prompt(processor, q, len(imgs)).replace(image_token, image_token * tokens_per_image)
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
-        t = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        seqs.append(p + t)
-        targets.append([-100] * len(p) + t)
+    seqs, targets, turn_of, looks, gathers = [], [], [], [], []
+    turn_id = 0
+    for row, conv in enumerate(convs):
+        ids: list[int] = []
+        lab: list[int] = []
+        owner: list[int] = []
+        messages: list[dict] = []
+        for i, t in enumerate(conv.turns):
+            before = _render(processor, messages, False)
+            content = [{"type": "image"}] * (len(conv.images) if i == 0 else 0) + [{"type": "text", "text": t.question}]
+            messages.append({"role": "user", "content": content})
+            prompt = _render(processor, messages, True)[len(before):]
+            p = tok(prompt.replace(image_token, image_token * tokens_per_image), add_special_tokens=False)["input_ids"]
+            a = tok(t.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            start = len(ids) + len(p)
+            q = tok(t.question, add_special_tokens=False)["input_ids"]
+            q0 = start - 2 - len(q)  # the prompt ends "QUESTION assistant :"
+            assert p[len(p) - 2 - len(q) : len(p) - 2] == q, "chat template changed: the question must end the prompt"
+            ids += p + a
+            lab += [-100] * len(p) + a
+            owner += [-1] * len(p) + [turn_id] * len(a)
+            looks += [(row, start - 1 + j, head, mask) for j, head, mask in t.looks]
+            gathers += [(row, start - 1 + j, head, [(q0 if src == "question" else start) + i for i in idx])
+                        for j, head, src, idx in t.gathers]
+            messages.append({"role": "assistant", "content": t.answer})
+            turn_id += 1
+        seqs.append(ids)
+        targets.append(lab)
+        turn_of.append(owner)
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), tok.pad_token_id)
-    lab = torch.full((len(seqs), width), -100)
-    for i, (s, t) in enumerate(zip(seqs, targets, strict=True)):
-        ids[i, : len(s)] = torch.tensor(s)
-        lab[i, : len(t)] = torch.tensor(t)
-    return ids, lab
+    out = [torch.full((len(seqs), width), v) for v in (tok.pad_token_id, -100, -1)]
+    for i, parts in enumerate(zip(seqs, targets, turn_of, strict=True)):
+        for tensor, values in zip(out, parts, strict=True):
+            tensor[i, : len(values)] = torch.tensor(values)
+    return (*out, looks, gathers)
 
 
-class GroundHead(nn.Module):
-    """Is this visual token part of what the question asks about? Read from a middle decoder layer."""
-
-    def __init__(self, width: int, layer: int) -> None:
-        super().__init__()
-        self.layer = layer
-        self.proj = nn.Linear(width, 1)
-
-    def forward(self, hidden: torch.Tensor, ids: torch.Tensor, image_id: int, rows) -> torch.Tensor:
-        visual = ids == image_id
-        keep = torch.tensor([r[3] is not None for r in rows], device=ids.device)
-        if not bool(keep.any()):
-            return hidden.sum() * 0.0
-        target = torch.cat([torch.from_numpy(r[3]) for r in rows if r[3] is not None]).to(hidden.device)
-        logits = self.proj(hidden[visual & keep[:, None]]).squeeze(-1)
-        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(4.0, device=hidden.device))
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def head0_attention(model, hidden_in: torch.Tensor, layer: int, query: torch.Tensor) -> torch.Tensor:
-    """Causal attention probabilities of head 0 of decoder `layer` for query positions `query` (B, Q) → (B, Q, T).
+def head_attention(model, hidden_in: torch.Tensor, layer: int, rows, pos, heads) -> torch.Tensor:
+    """Causal attention probabilities (Q, T) of decoder `layer`, one (row, query position, head) per query.
 
     Recomputed from the layer's input exactly as the stock layer does (norm, q/k projections, RoPE)."""
     lm = model.model.language_model
@@ -160,86 +257,107 @@ def head0_attention(model, hidden_in: torch.Tensor, layer: int, query: torch.Ten
     b, t, _ = x.shape
     hd = attn.head_dim
     cos, sin = lm.rotary_emb(x, torch.arange(t, device=x.device)[None].expand(b, t))
-    rows = torch.arange(b, device=x.device)[:, None]
-    q = attn.q_proj(x[rows, query]).view(b, query.shape[1], -1, hd)[:, :, 0]  # (B, Q, hd)
-    k = attn.k_proj(x).view(b, t, -1, hd)[:, :, 0]  # head 0's key head: (B, T, hd)
-    q = q * cos[rows, query] + _rotate_half(q) * sin[rows, query]
-    k = k * cos + _rotate_half(k) * sin
-    logits = torch.einsum("bqd,btd->bqt", q, k) * attn.scaling
-    future = torch.arange(t, device=x.device)[None, None] > query[:, :, None]
+    n = torch.arange(len(rows), device=x.device)
+    q = attn.q_proj(x[rows, pos]).view(len(rows), -1, hd)[n, heads]  # (Q, hd)
+    k = attn.k_proj(x).view(b, t, -1, hd)[rows, :, heads]  # (Q, T, hd); as many key heads as query heads
+    q = q * cos[rows, pos] + _rotate_half(q) * sin[rows, pos]
+    k = k * cos[rows] + _rotate_half(k) * sin[rows]
+    logits = torch.einsum("qd,qtd->qt", q, k) * attn.scaling
+    future = torch.arange(t, device=x.device)[None] > pos[:, None]
     return logits.masked_fill(future, float("-inf")).float().softmax(-1)
 
 
-def look_loss(model, hidden_in: torch.Tensor, layer: int, ids: torch.Tensor, query: torch.Tensor, rows, image_id: int):
-    """-log of the attention mass head 0 of `layer` puts, from each row's `query` position, on its referents."""
-    keep = [i for i, r in enumerate(rows) if r[3] is not None and r[3].any()]
-    if not keep:
+def attention_loss(model, hidden_in: torch.Tensor, layer: int, entries, target_of) -> torch.Tensor:
+    """-log of the attention mass each supervised (row, position, head) puts on its target, averaged.
+
+    `target_of(i, entry, probs_row)` fills the target weights of entry i in place."""
+    if not entries:
         return hidden_in.sum() * 0.0
-    idx = torch.tensor(keep, device=ids.device)
-    probs = head0_attention(model, hidden_in[idx], layer, query[idx][:, None])[:, 0]
+    dev = hidden_in.device
+    rows, pos, heads = (torch.tensor([e[k] for e in entries], device=dev) for k in range(3))
+    probs = head_attention(model, hidden_in, layer, rows, pos, heads)
     target = torch.zeros_like(probs)
-    sub = ids[idx]
-    for j, i in enumerate(keep):
-        target[j, (sub[j] == image_id).nonzero()[:, 0]] = torch.from_numpy(rows[i][3]).to(probs.device)
+    for i, e in enumerate(entries):
+        target_of(i, e, target[i])
     return -(probs * target).sum(-1).clamp(min=1e-6).log().mean()
 
 
-def read_loss(model, embeds: torch.Tensor, ids: torch.Tensor, image_id: int, sample: int = 48) -> torch.Tensor:
-    """-log of the attention mass head 0 of the first layer puts, from visual tokens, on the question before them.
-
-    Every visual token has to read the question before it can tell whether it is what the question asks
-    about; this makes that route exist from the first steps instead of waiting for it to emerge."""
+def look_loss(model, hidden_in: torch.Tensor, layer: int, ids: torch.Tensor, looks, image_id: int) -> torch.Tensor:
+    """Attention onto the patches a question is about (weights over the row's visual tokens)."""
     visual = ids == image_id
-    first = visual.int().argmax(1)  # the question is the text before the first image
-    gen = torch.Generator().manual_seed(int(ids.sum()))
-    query = torch.stack([
-        torch.nonzero(visual[i])[:, 0][torch.randint(int(visual[i].sum()), (sample,), generator=gen)]
-        for i in range(ids.shape[0])
-    ])
-    probs = head0_attention(model, embeds, 0, query)
-    text = torch.arange(ids.shape[1], device=ids.device)[None] < first[:, None]
-    return -(probs * text[:, None].float()).sum(-1).clamp(min=1e-6).log().mean()
+
+    def fill(_, entry, row_target):
+        row_target[visual[entry[0]].nonzero()[:, 0]] = torch.from_numpy(entry[3]).to(row_target.device)
+
+    return attention_loss(model, hidden_in, layer, looks, fill)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+class QueryHead(nn.Module):
+    """Which naming words each supervised head gathered, read linearly from the look layer's input.
+
+    Training-only. Attention losses alone shape where the first layer reads, not whether what it
+    reads reaches the residual stream: without this probe the answering token's state barely changed
+    with the question (cosine 0.999 between questions about different shapes), so the look layer
+    could only learn to look at shapes in general."""
+
+    def __init__(self, width: int, vocab: list[int], heads: int = 3) -> None:
+        super().__init__()
+        self.register_buffer("vocab", torch.tensor(vocab), persistent=False)
+        self.heads = heads
+        self.proj = nn.Linear(width, heads * len(vocab))
+
+    def forward(self, hidden: torch.Tensor, ids: torch.Tensor, gathers) -> torch.Tensor:
+        if not gathers:
+            return hidden.sum() * 0.0
+        dev = hidden.device
+        rows, pos, heads = (torch.tensor([g[k] for g in gathers], device=dev) for k in range(3))
+        logits = self.proj(hidden[rows, pos]).view(len(gathers), self.heads, -1)[torch.arange(len(gathers)), heads]
+        target = torch.zeros_like(logits)
+        for i, g in enumerate(gathers):
+            target[i] = torch.isin(self.vocab, ids[g[0], g[3]]).float()
+        return F.binary_cross_entropy_with_logits(logits, target)
 
 
-def losses(model, heads: PatchHeads, ground: GroundHead, processor, batch, device):
-    pics, labels, rows = batch
+def gather_loss(model, hidden_in: torch.Tensor, gathers) -> torch.Tensor:
+    """Attention of the first decoder layer onto the words that name what is asked about."""
+
+    def fill(_, entry, row_target):
+        row_target[entry[3]] = 1.0
+
+    return attention_loss(model, hidden_in, 0, gathers, fill)
+
+
+def losses(model, heads: PatchHeads, query: QueryHead, processor, convs: list[Conversation], device, look_layer: int):
+    pics = [im for c in convs for im in c.images]
     pixels = processor.image_processor(pics, return_tensors="pt")["pixel_values"].to(device)
     out = model.model.get_image_features(
         pixel_values=pixels, vision_feature_layer=-1, vision_feature_select_strategy="default", output_hidden_states=True
     )
-    patch = out.hidden_states[-1][:, 1:]
-    proj = torch.stack(list(out.pooler_output))
-    lab = {k: torch.stack([torch.from_numpy(x[k]) for x in labels]).to(device) for k in world.LABEL_HEADS}
-    aux = heads(patch, lab)
+    lab = {k: torch.stack([torch.from_numpy(x[k]) for c in convs for x in c.labels]).to(device)
+           for k in world.LABEL_HEADS}
+    aux = heads(out.hidden_states[-1][:, 1:], lab)
+    feats = torch.cat(list(out.pooler_output))
 
-    ids, targets = encode_rows(processor, rows, proj.shape[1])
-    ids, targets = ids.to(device), targets.to(device)
+    ids, targets, turn_of, looks, gathers = encode(processor, convs, TOKENS)
+    ids, targets, turn_of = ids.to(device), targets.to(device), turn_of.to(device)
+    image_id = model.config.image_token_id
     embeds = model.get_input_embeddings()(ids)
-    feats = torch.cat([proj[j] for _, _, imgs, _ in rows for j in imgs])
-    mask = (ids == model.config.image_token_id).unsqueeze(-1)
-    embeds = embeds.masked_scatter(mask.expand_as(embeds), feats.to(embeds.dtype))
-    out = model.model.language_model(
-        inputs_embeds=embeds, attention_mask=(ids != 0).long(), output_hidden_states=True
+    embeds = embeds.masked_scatter((ids == image_id).unsqueeze(-1).expand_as(embeds), feats.to(embeds.dtype))
+    hidden = model.model.language_model(
+        inputs_embeds=embeds, attention_mask=(ids != processor.tokenizer.pad_token_id).long(), output_hidden_states=True
     )
-    hidden = out.last_hidden_state
-    grounding = ground(out.hidden_states[ground.layer], ids, model.config.image_token_id, rows)
-    prompt_end = (targets != -100).int().argmax(1) - 1  # the last prompt token predicts the first answer token
-    look = look_loss(model, out.hidden_states[ground.layer], ground.layer, ids, prompt_end, rows,
-                     model.config.image_token_id)
-    read = read_loss(model, out.hidden_states[0], ids, model.config.image_token_id)
-    # Only answer positions need logits: predict token t+1 from position t.
-    tgt = targets[:, 1:]
+    look = look_loss(model, hidden.hidden_states[look_layer], look_layer, ids, looks, image_id)
+    look = look + gather_loss(model, hidden.hidden_states[0], gathers)
+    asked = query(hidden.hidden_states[look_layer], ids, gathers)
+    # Only answer positions need logits: predict token t+1 from position t; average per answer, then over answers.
+    tgt, owner = targets[:, 1:], turn_of[:, 1:]
     where = tgt != -100
-    logits = model.lm_head(hidden[:, :-1][where])
-    per_tok = F.cross_entropy(logits.float(), tgt[where], reduction="none")
-    row = where.nonzero()[:, 0]
-    per_row = torch.zeros(ids.shape[0], device=device).index_add_(0, row, per_tok) / where.sum(1).clamp(min=1)
-    return per_row.mean(), aux, grounding, look + read
+    per_tok = F.cross_entropy(model.lm_head(hidden.last_hidden_state[:, :-1][where]).float(), tgt[where],
+                              reduction="none")
+    turns = int(turn_of.max()) + 1
+    sums = torch.zeros(turns, device=device).index_add_(0, owner[where], per_tok)
+    counts = torch.zeros(turns, device=device).index_add_(0, owner[where], torch.ones_like(per_tok))
+    return (sums / counts.clamp(min=1)).mean(), aux, look, asked
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -267,8 +385,9 @@ def train(args) -> Path:
     model, processor = architecture.build(args.seed)
     model.to(device).train()
     heads = PatchHeads(model.config.vision_config.hidden_size).to(device)
-    ground = GroundHead(model.config.text_config.hidden_size, args.ground_layer).to(device)
-    params = list(model.parameters()) + list(heads.parameters()) + list(ground.parameters())
+    naming = sorted(DESCRIPTIVE | set(" ".join(world.PLACES).split()))
+    query = QueryHead(model.config.text_config.hidden_size, processor.tokenizer.convert_tokens_to_ids(naming)).to(device)
+    params = list(model.parameters()) + list(heads.parameters()) + list(query.parameters())
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -286,17 +405,16 @@ def train(args) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         clip = rng.random() < args.clip_share
-        lm, aux, grounding, look = losses(model, heads, ground, processor, sample_batch(rng, clip, frames=args.frames),
-                                          device)
-        loss = lm + args.aux_weight * aux + args.ground_weight * grounding + args.look_weight * look
+        batch = sample_batch(rng, clip, images=args.images, turns=args.turns, frames=args.frames)
+        lm, aux, look, asked = losses(model, heads, query, processor, batch, device, args.look_layer)
+        loss = lm + args.aux_weight * aux + args.look_weight * look + args.query_weight * asked
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         entry = {"step": step + 1, "lm": round(lm.item(), 4), "patch": round(aux.item(), 4),
-                 "ground": round(grounding.item(), 4), "look": round(look.item(), 4), "clip": clip,
-                 "seconds": round(time.time() - t0, 1)}
-        for k in ("lm", "patch", "ground", "look"):
+                 "look": round(look.item(), 4), "query": round(asked.item(), 4), "clip": clip, "seconds": round(time.time() - t0, 1)}
+        for k in ("lm", "patch", "look", "query"):
             ema[k] = entry[k] if k not in ema else 0.98 * ema[k] + 0.02 * entry[k]
         bar.set_postfix({k: f"{v:.3f}" for k, v in ema.items()})
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
@@ -326,11 +444,13 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--images", type=int, default=8, help="scenes per image step (clip steps hold as many frames)")
+    p.add_argument("--turns", type=int, default=6, help="questions per scene, asked as one conversation")
     p.add_argument("--aux-weight", type=float, default=1.0, help="weight of the per-patch loss on the tower")
-    p.add_argument("--ground-weight", type=float, default=1.0, help="weight of the grounding loss in the decoder")
-    p.add_argument("--ground-layer", type=int, default=2,
-                   help="decoder layer whose input the grounding head reads and whose head 0 the look loss trains")
+    p.add_argument("--look-layer", type=int, default=1, help="decoder layer whose heads 0-2 the look losses train")
     p.add_argument("--look-weight", type=float, default=0.5, help="weight of the attention (look) losses")
+    p.add_argument("--query-weight", type=float, default=1.0,
+                   help="weight of the probe that reads the gathered naming words at the look layer")
     p.add_argument("--clip-share", type=float, default=0.2, help="share of steps that train on clips")
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -340,6 +460,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-seed", type=int, default=10_000, help="held-out world seed of the quick evaluations")
     p.add_argument("--card-n", type=int, default=100, help="questions per type for the model card's evaluation (0: none)")
     args = p.parse_args(argv)
+    if not 1 <= args.look_layer < architecture.SHAPE["text_depth"]:
+        p.error(f"--look-layer must be in 1..{architecture.SHAPE['text_depth'] - 1} (layer 0 gathers the question words)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = train(args)
     logger.info("saved %s", out)

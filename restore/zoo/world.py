@@ -447,7 +447,10 @@ def referents(scene: Scene, question: str) -> set[int]:
 
 
 def ask_motion(clip: Clip, rng: random.Random) -> tuple[str, str]:
-    name = rng.choice(sorted(clip.moves))
+    return motion_question(clip, rng.choice(sorted(clip.moves)))
+
+
+def motion_question(clip: Clip, name: str) -> tuple[str, str]:
     return f"which direction does the {name} move ?", clip.moves[name]
 
 
