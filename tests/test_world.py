@@ -7,18 +7,8 @@ import pytest
 
 from restore.zoo import architecture, world
 from restore.zoo.train import DESCRIPTIVE, encode, gather_targets, look_targets, sample_batch
-from restore.zoo.world import Clip, Glyph, Obj, Scene
-
-# Top-left large red circle, centre small red square, bottom-right large blue triangle, digit 7 at top right.
-HAND = Scene(
-    objects=(
-        Obj("red", "circle", "large", 16, 16, 10),
-        Obj("red", "square", "small", 48, 50, 5),
-        Obj("blue", "triangle", "large", 80, 78, 10),
-    ),
-    glyph=Glyph(7, 80, 16),
-    clutter=3,
-)
+from restore.zoo.world import Clip, Scene
+from tests.scenes import HAND
 
 
 class Always:
