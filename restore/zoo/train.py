@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+from transformers.models.llama.modeling_llama import rotate_half
 
 from restore.hub import DEFAULT_MODEL_DIR
 from restore.zoo import architecture, world
@@ -102,18 +103,25 @@ def _named(scene: world.Scene, name: str) -> set[int]:
     return {i for i, o in enumerate(scene.objects) if o.name == name}
 
 
+def caption_cells(answer: str) -> list[tuple[int, list[int]]]:
+    """Per cell of a caption: the index of its ":" word and the indices of the place words before it."""
+    cells, start = [], 0
+    for j, w in enumerate(answer.split()):
+        if w == ",":
+            start = j + 1
+        elif w == ":":
+            cells.append((j, list(range(start, j))))
+    return cells
+
+
 def look_targets(scene: world.Scene, labels, kind: str, question: str, answer: str) -> list:
     if kind == "caption":
         at_place = {o.place: i for i, o in enumerate(scene.objects)}
         if scene.glyph is not None:
             at_place[scene.glyph.place] = len(scene.objects)
-        words, looks, start = answer.split(), [], 0
-        for j, w in enumerate(words):
-            if w == ",":
-                start = j + 1
-            elif w == ":" and " ".join(words[start:j]) in at_place:
-                looks.append((j + 1, 0, _mask(labels, {at_place[" ".join(words[start:j])]})))
-        return looks
+        words = answer.split()
+        places = [(j, " ".join(words[i] for i in idx)) for j, idx in caption_cells(answer)]
+        return [(j + 1, 0, _mask(labels, {at_place[place]})) for j, place in places if place in at_place]
     refs = world.referents(scene, question)
     if not refs:
         return []
@@ -134,13 +142,7 @@ def gather_targets(kind: str, question: str, answer: str) -> list[tuple[int, int
     Heads 0-2 of the first decoder layer gather them, so that the look layer's queries carry them."""
     words = question.split()
     if kind == "caption":
-        out, start = [], 0
-        for j, w in enumerate(answer.split()):
-            if w == ",":
-                start = j + 1
-            elif w == ":":
-                out.append((j + 1, 0, "answer", list(range(start, j))))
-        return out
+        return [(j + 1, 0, "answer", idx) for j, idx in caption_cells(answer)]
     if kind == "relation":
         first, second = [2, 3], [len(words) - 3, len(words) - 2]
         return [(0, 0, "question", first + second), (0, 1, "question", first), (0, 2, "question", second)]
@@ -241,11 +243,6 @@ def encode(processor, convs: list[Conversation], tokens_per_image: int = TOKENS)
     return (*out, looks, gathers)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def head_attention(model, hidden_in: torch.Tensor, layer: int, rows, pos, heads) -> torch.Tensor:
     """Causal attention probabilities (Q, T) of decoder `layer`, one (row, query position, head) per query.
 
@@ -260,8 +257,8 @@ def head_attention(model, hidden_in: torch.Tensor, layer: int, rows, pos, heads)
     n = torch.arange(len(rows), device=x.device)
     q = attn.q_proj(x[rows, pos]).view(len(rows), -1, hd)[n, heads]  # (Q, hd)
     k = attn.k_proj(x).view(b, t, -1, hd)[rows, :, heads]  # (Q, T, hd); as many key heads as query heads
-    q = q * cos[rows, pos] + _rotate_half(q) * sin[rows, pos]
-    k = k * cos[rows] + _rotate_half(k) * sin[rows]
+    q = q * cos[rows, pos] + rotate_half(q) * sin[rows, pos]
+    k = k * cos[rows] + rotate_half(k) * sin[rows]
     logits = torch.einsum("qd,qtd->qt", q, k) * attn.scaling
     future = torch.arange(t, device=x.device)[None] > pos[:, None]
     return logits.masked_fill(future, float("-inf")).float().softmax(-1)
