@@ -1,6 +1,6 @@
 """Throughput of the labeling pipeline vs a plain single-process loop, full tokens and reduced.
 
-    python -m pipelines.bench_throughput --images 64 [--model random:llava-tiny] [--json bench_throughput.json]
+    python -m pipelines.bench_throughput --images 64 [--model default] [--json bench_throughput.json]
 
 Both sides label the same generated PNG files (local disk) with the same `restore.Engine`
 settings, caption task, `batch_size` rows per `generate` call:
@@ -42,13 +42,14 @@ def make_images(root: Path, n: int, size: int) -> list[str]:
 def run_loop(job, paths: list[str]) -> dict:
     """Decode + generate in one process, batch by batch, with the Engine the actors build."""
     from pipelines.predictor import LabelPredictor
+    from pipelines.service import media_prompt
     from pipelines.sources import decode_image, read_bytes
     from restore import Request
 
     t0 = time.perf_counter()
     predictor = LabelPredictor(job)  # the same Engine construction as an inference actor
     load_s = time.perf_counter() - t0
-    prompt = predictor._prompt(job.default_prompt(), 1)
+    prompt = media_prompt(predictor.engine, job.default_prompt(), 1)
     kept, decode_s, generate_s = [], 0.0, 0.0
     for i in range(0, len(paths), job.batch_size):
         chunk = paths[i : i + job.batch_size]
@@ -86,13 +87,11 @@ def run_pipeline(job) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.bench_throughput", description=__doc__.splitlines()[0])
-    default_model = "default" if Path(__file__).resolve().parent.parent.joinpath(
-        "restore/zoo/model/config.json").exists() else "random:llava-tiny"
-    p.add_argument("--model", default=default_model)
+    p.add_argument("--model", default="default")
     p.add_argument("--images", type=int, default=64)
-    p.add_argument("--size", type=int, default=128, help="side of the generated scenes in pixels")
+    p.add_argument("--size", type=int, default=96, help="side of the generated scenes in pixels (the world's is 96)")
     p.add_argument("--method", default="divprune", help="method of the reduced config (RESTORE-wrapped)")
-    p.add_argument("--budget", type=int, default=8, help="visual tokens per image in the reduced config")
+    p.add_argument("--budget", type=int, default=64, help="visual tokens per image in the reduced config")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")

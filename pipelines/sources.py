@@ -236,7 +236,9 @@ def _select(decoded: Iterable[tuple[float, Any]], targets: list[float]) -> list[
     j = 0
     for cur in decoded:
         while j < len(targets) and cur[0] >= targets[j]:
-            pick = prev if prev is not None and targets[j] - prev[0] < cur[0] - targets[j] else cur
+            # A tie goes to the earlier frame: uniform targets fall exactly between frames when the clip
+            # has as many frames as asked, and taking the later one would skip the first and repeat the last.
+            pick = prev if prev is not None and targets[j] - prev[0] <= cur[0] - targets[j] else cur
             if not chosen or chosen[-1][1] is not pick[1]:
                 chosen.append(pick)
             j += 1

@@ -331,6 +331,9 @@ def test_decoders_sample_uniformly_and_shrink():
     assert len(video.frames) == 4 and video.timestamps == sorted(set(video.timestamps))
     assert video.source_fps == 4 and video.duration == 1.5 and video.frames[0].size == (32, 32)
     assert len(decode_video(clip(0), "c.mp4", frames=16).frames) == 6  # never the same frame twice
+    # As many frames as asked: every frame, the first included (the targets fall midway between frames).
+    four = encode_mp4([Image.new("RGB", (32, 32), (60 * i, 0, 0)) for i in range(4)])
+    assert decode_video(four, "four.mp4", frames=4).timestamps == [0.0, 0.25, 0.5, 0.75]
     img = scene_image(0, 200)
     buf = io.BytesIO()
     img.crop((0, 0, 200, 100)).save(buf, "PNG")
