@@ -268,14 +268,18 @@ def head_attention(model, hidden_in: torch.Tensor, layer: int, rows, pos, heads)
     return logits.masked_fill(future, float("-inf")).float().softmax(-1)
 
 
+def _where(entries, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows, query positions and heads of supervised entries, each (row, position, head, ...)."""
+    return tuple(torch.tensor([e[k] for e in entries], device=device) for k in range(3))
+
+
 def attention_loss(model, hidden_in: torch.Tensor, layer: int, entries, target_of) -> torch.Tensor:
     """-log of the attention mass each supervised (row, position, head) puts on its target, averaged.
 
     `target_of(i, entry, probs_row)` fills the target weights of entry i in place."""
     if not entries:
         return hidden_in.sum() * 0.0
-    dev = hidden_in.device
-    rows, pos, heads = (torch.tensor([e[k] for e in entries], device=dev) for k in range(3))
+    rows, pos, heads = _where(entries, hidden_in.device)
     probs = head_attention(model, hidden_in, layer, rows, pos, heads)
     target = torch.zeros_like(probs)
     for i, e in enumerate(entries):
@@ -310,8 +314,7 @@ class QueryHead(nn.Module):
     def forward(self, hidden: torch.Tensor, ids: torch.Tensor, gathers) -> torch.Tensor:
         if not gathers:
             return hidden.sum() * 0.0
-        dev = hidden.device
-        rows, pos, heads = (torch.tensor([g[k] for g in gathers], device=dev) for k in range(3))
+        rows, pos, heads = _where(gathers, hidden.device)
         logits = self.proj(hidden[rows, pos]).view(len(gathers), self.heads, -1)[torch.arange(len(gathers)), heads]
         target = torch.zeros_like(logits)
         for i, g in enumerate(gathers):
@@ -340,7 +343,7 @@ class ReadoutHead(nn.Module):
         if not looks:
             return hidden.sum() * 0.0
         dev = hidden.device
-        rows, pos, heads = (torch.tensor([e[k] for e in looks], device=dev) for k in range(3))
+        rows, pos, heads = _where(looks, dev)
         logits = self.proj(hidden[rows, pos]).view(len(looks), self.heads, -1)[torch.arange(len(looks)), heads]
         weights = torch.stack([torch.from_numpy(e[3]) for e in looks]).to(dev)
         weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-6)
