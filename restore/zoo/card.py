@@ -89,12 +89,13 @@ TARGETS = {**{t: 0.90 for t in world.IMAGE_TYPES}, "motion": 0.80, "caption": 0.
 
 
 def _shortfalls(result: dict) -> str:
+    bar = (f"image types ≥ {TARGETS[world.IMAGE_TYPES[0]]:.2f}, motion ≥ {TARGETS['motion']:.2f}, "
+           f"caption F1 ≥ {TARGETS['caption']:.2f}")
     scores = {**result["accuracy"], "caption": result["caption_f1"]}
     below = [f"{t} {v:.2f} (target {TARGETS[t]:.2f})" for t, v in scores.items() if t in TARGETS and v < TARGETS[t]]
     if not below:
-        return "Every type meets its target (image types ≥ 0.90, motion ≥ 0.80, caption F1 ≥ 0.85)."
-    return ("Below the project's target (image types ≥ 0.90, motion ≥ 0.80, caption F1 ≥ 0.85): "
-            + ", ".join(below) + ".")
+        return f"Every type meets its target ({bar})."
+    return f"Below the project's target ({bar}): " + ", ".join(below) + "."
 
 
 def _parameters(model_dir: Path) -> int:
