@@ -1,8 +1,29 @@
-"""restore: visual token reduction with RESTORE's rectifications for multimodal LLMs."""
+"""restore: visual token reduction with RESTORE's rectifications for multimodal LLMs.
 
-from restore.config import GenerationConfig, ModelConfig, ReductionConfig, RestoreConfig
-from restore.engine import Engine
-from restore.request import Request, Result
+The names below load on first use (PEP 562), so that `import restore.config`, which Ray
+Data's CPU decode workers need to unpickle a job, does not pull in torch and transformers
+(3 s of imports per worker process).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from restore.config import GenerationConfig, ModelConfig, ReductionConfig, RestoreConfig
+    from restore.engine import Engine
+    from restore.request import Request, Result
+
+_HOME = {
+    "Engine": "restore.engine",
+    "GenerationConfig": "restore.config",
+    "ModelConfig": "restore.config",
+    "ReductionConfig": "restore.config",
+    "Request": "restore.request",
+    "RestoreConfig": "restore.config",
+    "Result": "restore.request",
+}
 
 __all__ = [
     "Engine",
@@ -13,3 +34,12 @@ __all__ = [
     "RestoreConfig",
     "Result",
 ]
+
+
+def __getattr__(name: str):
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'restore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

@@ -166,6 +166,20 @@ def test_decode_runs_in_its_own_cpu_stage(local_images):
     assert "decode_batch)->MapBatches(LabelPredictor)" not in stats, stats
 
 
+def test_decode_workers_do_not_import_the_model_stack():
+    # A decode task unpickles the LabelJob; if that pulled in torch and transformers, every
+    # decode worker would spend seconds importing them at the start of a job, beside the actor.
+    import pickle
+    import subprocess
+    import sys
+
+    job = pickle.dumps(LabelJob(kind="images", input=".", output="out", method="fastv", budget=8))
+    code = ("import sys, pickle, pipelines.sources; job = pickle.loads(sys.stdin.buffer.read()); "
+            "print(job.method, sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], input=job, capture_output=True, check=True)
+    assert out.stdout.decode().strip() == "fastv []", out.stdout + out.stderr
+
+
 def test_rerun_adds_nothing_and_finishes_only_missing_shards(local_images, monkeypatch):
     j, _, _ = local_images
     before = read_output(j.output)
