@@ -42,7 +42,7 @@ def cmd_methods(args) -> int:
 
     for m in available():
         layers = ",".join(str(k) for k in m.layers(None, m.validate_options({})))
-        where = f"in-LLM (layer {layers})" if m.stage == "llm" else "pre-LLM"
+        where = f"in-LLM (layer {layers} of 32)" if m.stage == "llm" else "pre-LLM"
         print(f"{m.name:<14} {where:<22} {m.description}")
     return 0
 

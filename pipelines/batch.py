@@ -91,10 +91,9 @@ class JobSummary(BaseModel):
     mean_kept_tokens: float | None = Field(description="Mean visual tokens per ok row the LLM saw.")
     mean_prefill_ms: float | None = Field(description="Mean prefill time of the batch an ok row was part of.")
     prefill_speedup_est: float | None = Field(
-        description="Estimated full-token prefill time / measured prefill time over ok rows. The full-token time "
-        "of a row is its measured prefill_ms scaled by (prompt_tokens - kept + visual) / prompt_tokens, i.e. "
-        "assuming prefill cost linear in sequence length (it ignores the quadratic attention term, so it "
-        "understates the gain on long sequences)."
+        description="Sum of full_prefill_ms_est / sum of prefill_ms over ok rows: a row's full-token time is its "
+        "measured prefill scaled by the decoder FLOPs with every visual token over those it ran (each layer at "
+        "the length it saw, so an in-LLM method's layers before K count at full length)."
     )
 
 
@@ -208,7 +207,7 @@ def build_dataset(job: LabelJob, rows: list[dict] | None = None):
 
 def _summarize(store: OutputStore, job: LabelJob, n_shards: int, written: int, skipped: int, run_rows: int,
                wall_s: float) -> JobSummary:
-    cols = ["status", "visual_tokens", "kept_tokens", "prompt_tokens", "prefill_ms"]
+    cols = ["status", "visual_tokens", "kept_tokens", "prefill_ms", "full_prefill_ms_est"]
     tables = [pq.read_table(io.BytesIO(store.read_bytes(n)), columns=cols) for n in store.names("part-*.parquet")]
     rows = pa.concat_tables(tables).to_pylist() if tables else []
     ok = [r for r in rows if r["status"] == "ok"]
@@ -217,8 +216,7 @@ def _summarize(store: OutputStore, job: LabelJob, n_shards: int, written: int, s
         return sum(r[key] for r in ok) / len(ok) if ok else None
 
     measured = sum(r["prefill_ms"] for r in ok)
-    full = sum(r["prefill_ms"] * (r["prompt_tokens"] - r["kept_tokens"] + r["visual_tokens"]) / r["prompt_tokens"]
-               for r in ok if r["prompt_tokens"])
+    full = sum(r["full_prefill_ms_est"] for r in ok)
     return JobSummary(
         output=store.uri, kind=job.kind, task=job.task, model=job.model, method=job.method,
         budget=float(job.budget) if job.budget is not None else None, restore=job.restore,

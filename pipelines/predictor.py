@@ -39,6 +39,7 @@ OUTPUT_SCHEMA = pa.schema(
         pa.field("kept_tokens", pa.int64()),  # what the LLM saw
         pa.field("prompt_tokens", pa.int64()),  # sequence length the LLM prefilled (text + kept visual)
         pa.field("prefill_ms", pa.float64()),  # prefill of the batch this row was part of
+        pa.field("full_prefill_ms_est", pa.float64()),  # prefill_ms x decoder FLOPs with all tokens / as run
         pa.field("decode_ms", pa.float64()),  # decode loop of that batch
         pa.field("generated_tokens", pa.int64()),
         pa.field("status", pa.string(), nullable=False),  # ok | error
@@ -130,7 +131,7 @@ class LabelPredictor:
             "budget": float(budget) if budget is not None else None,
             "restore": bool(self.reduction.restore.enabled and self.reduction.reduces),
             "visual_tokens": None, "kept_tokens": None, "prompt_tokens": None, "prefill_ms": None,
-            "decode_ms": None, "generated_tokens": None, "status": "error" if error else "ok", "error": error,
+            "full_prefill_ms_est": None, "decode_ms": None, "generated_tokens": None, "status": "error" if error else "ok", "error": error,
             "worker": self.worker, "finished_at": dt.datetime.now(dt.UTC),
         }
         if not error:
@@ -143,6 +144,7 @@ def result_fields(result) -> dict:
     s = result.stats
     return {
         "answer": result.text, "visual_tokens": s["visual_tokens"], "kept_tokens": s["kept_tokens"],
-        "prompt_tokens": s["prompt_tokens"], "prefill_ms": s["prefill_ms"], "decode_ms": s["decode_ms"],
+        "prompt_tokens": s["prompt_tokens"], "prefill_ms": s["prefill_ms"],
+        "full_prefill_ms_est": s["full_prefill_ms_est"], "decode_ms": s["decode_ms"],
         "generated_tokens": s["generated_tokens"],
     }

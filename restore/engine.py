@@ -18,10 +18,11 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 
 from restore.config import GenerationConfig, ReductionConfig
+from restore.flops import prefill_flops, text_shapes
 from restore.hub import resolve_model_path
 from restore.models import adapter_for
 from restore.models.attention import ForwardContext, active, install
-from restore.plan import Plan
+from restore.plan import Plan, fit_layers
 from restore.request import Request, Result
 from restore.sequence import Layout, SampleSeq, pad_batch, unpad
 
@@ -50,6 +51,7 @@ class _Prefill:
     ctx: ForwardContext | None
     visual: list[int]
     timings: dict[str, float]
+    flops_ratio: list[float]  # per sample: decoder FLOPs with every token / as run
 
 
 class Engine:
@@ -60,6 +62,7 @@ class Engine:
         self.reduction = reduction or ReductionConfig()
         install(model, self.adapter.text_model)
         self.rope = self.adapter.rope()
+        self.shapes = text_shapes(model)
 
     @classmethod
     def from_pretrained(
@@ -107,7 +110,7 @@ class Engine:
         generation = GenerationConfig(**{**base, **options})
         if not requests:
             return []
-        plans = [Plan.of(r.reduction or self.reduction) for r in requests]
+        plans = [self.plan(r.reduction or self.reduction) for r in requests]
         prepared = [self.adapter.prepare(r, i) for i, r in enumerate(requests)]
         with torch.inference_mode():
             return self._run(prepared, plans, generation, on_token)
@@ -116,11 +119,15 @@ class Engine:
         """(B, V) float logits of the next token after each prompt, with each request's reduction."""
         if not requests:
             return torch.empty(0)
-        plans = [Plan.of(r.reduction or self.reduction) for r in requests]
+        plans = [self.plan(r.reduction or self.reduction) for r in requests]
         prepared = [self.adapter.prepare(r, i) for i, r in enumerate(requests)]
         with torch.inference_mode():
             pre = self._prefill(prepared, plans)
         return pre.logits
+
+    def plan(self, config: ReductionConfig) -> Plan:
+        """The plan this model runs for `config`: in-LLM default layers placed at their relative depth."""
+        return Plan.of(fit_layers(config, len(self.adapter.text_model.layers)))
 
     def _prefill(self, prepared, plans: list[Plan]) -> _Prefill:
         self._sync()
@@ -144,7 +151,7 @@ class Engine:
                 f"reduction layer {stages[-1]} is beyond this model's {depth} decoder layers; "
                 f"set ReductionConfig.layer (or the method's layers option) below {depth}"
             )
-        state = {"seqs": reduced, "layout": layout}
+        state = {"seqs": reduced, "layout": layout, "stage_lengths": [{} for _ in reduced]}
         ctx = None
         if any(p.reduces for p in plans):
             ctx = ForwardContext(self.rope, layout, stages, self._stage_builder(plans, state))
@@ -167,7 +174,20 @@ class Engine:
             "reduce_ms": (t_reduce - t_encode) * 1e3,
             "prefill_ms": (t_prefill - t_reduce) * 1e3,
         }
-        return _Prefill(logits, cache, attention_mask, state["seqs"], ctx, visual, timings)
+        ratios = [
+            self._flops_ratio(full.length, seq.length, stage_lengths, depth)
+            for full, seq, stage_lengths in zip(seqs, reduced, state["stage_lengths"], strict=True)
+        ]
+        return _Prefill(logits, cache, attention_mask, state["seqs"], ctx, visual, timings, ratios)
+
+    def _flops_ratio(self, full: int, first: int, stage_lengths: dict[int, int], depth: int) -> float:
+        """Decoder FLOPs with every visual token over those of the prefill as run: `first` tokens from
+        layer 0, then each in-LLM stage's length from its layer on (layers before K ran at full length)."""
+        lengths, current = [], first
+        for layer in range(depth):
+            current = stage_lengths.get(layer, current)
+            lengths.append(current)
+        return prefill_flops([full] * depth, self.shapes) / prefill_flops(lengths, self.shapes)
 
     def _run(self, prepared, plans: list[Plan], gen: GenerationConfig, on_token=None) -> list[Result]:
         pre = self._prefill(prepared, plans)
@@ -192,6 +212,8 @@ class Engine:
                 "size_max": float(sizes.max()) if sizes.numel() else 0.0,
                 "prompt_tokens": seq.length,
                 **pre.timings,
+                # What the prefill would have cost with every visual token, modelled by decoder FLOPs.
+                "full_prefill_ms_est": pre.timings["prefill_ms"] * pre.flops_ratio[i],
                 "decode_ms": decode_ms,
                 "generated_tokens": len(ids),
                 "batch_size": len(plans),
@@ -216,6 +238,7 @@ class Engine:
                     new = plan.apply(seq, imps, layer)
                     first_here.append(new is not seq)
                     out.append(new)
+                    state["stage_lengths"][b][layer] = new.length
                 else:
                     first_here.append(False)
                     out.append(seq)

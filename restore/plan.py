@@ -14,6 +14,36 @@ from restore.rectify.anchors import restore_assignment
 from restore.rectify.assignment import Assignment
 from restore.sequence import SampleSeq
 
+PAPER_DEPTH = 32  # LLaVA-1.5-7B's decoder layers, where the in-LLM methods' default layers were chosen
+
+
+def scaled_layers(method: str, depth: int) -> dict:
+    """ReductionConfig fields placing an in-LLM method's default layers at the same relative depth in a
+    `depth`-layer model (distinct, ascending, within 1..depth-1); {} for pre-LLM methods."""
+    m = get_method(method)
+    if m.stage != "llm":
+        return {}
+    defaults = m.layers(None, m.validate_options({}))
+    scaled = []
+    for k in defaults:
+        k = min(depth - 1, max(1, round(k * depth / PAPER_DEPTH)))
+        scaled.append(max(k, scaled[-1] + 1) if scaled else k)
+    if scaled[-1] >= depth:
+        raise ValueError(f"{method}: {len(defaults)} stages do not fit a {depth}-layer model")
+    if len(defaults) > 1:
+        return {"options": {"layers": scaled}}
+    return {"layer": scaled[0]}
+
+
+def fit_layers(config: ReductionConfig, depth: int) -> ReductionConfig:
+    """`config` for a `depth`-layer model: an in-LLM method left at its default layers gets them at their
+    relative depth (FastV's K=2 of 32 is K=1 of 4); layers the config sets are kept as given."""
+    if get_method(config.method).stage != "llm" or config.layer is not None or "layers" in config.options:
+        return config
+    fields = scaled_layers(config.method, depth)
+    options = {**config.options, **fields.pop("options", {})}
+    return ReductionConfig(**{**config.model_dump(), **fields, "options": options})
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from jobs.cli import main as cli
-from restore.bench.accuracy import parse_budgets, scaled_layers, table
+from restore.bench.accuracy import parse_budgets, table
+from restore.plan import scaled_layers
 
 
 def test_budgets_are_fractions_of_n_or_counts():

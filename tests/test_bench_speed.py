@@ -3,8 +3,9 @@
 import json
 
 from jobs.cli import main as cli_main
-from restore.bench.speed import decoder_layer_flops, kv_cache_bytes, layer_lengths
+from restore.bench.speed import kv_cache_bytes, layer_lengths
 from restore.config import ReductionConfig
+from restore.flops import decoder_layer_flops
 from restore.plan import Plan
 
 NUMBERS = {
@@ -17,7 +18,7 @@ NUMBERS = {
 
 def test_speed_benchmark_writes_json_table_and_plot(tmp_path, capsys):
     out = tmp_path / "speed"
-    code = cli_main(["bench", "speed", "--arch", "llava-tiny", "--runs", "1", "--batch-sizes", "1,2", "--budgets", "8",
+    code = cli_main(["bench", "speed", "--arch", "llava-tiny", "--runs", "2,1", "--batch-sizes", "1,2", "--budgets", "8",
                      "--methods", "visionzip,fastv", "--max-new-tokens", "2", "--threads", "1", "--out", str(out)])
     assert code == 0
     assert (out / "speed.md").read_text().count("\n| ") == 1 + 10  # header, 5 settings x 2 batch sizes
@@ -27,6 +28,8 @@ def test_speed_benchmark_writes_json_table_and_plot(tmp_path, capsys):
     assert isinstance(report["device"], str) and report["arch"] == "llava-tiny" and report["scale"] == 1.0
     rows = report["results"]
     assert len(rows) == 10
+    assert report["runs"] == {"1": 2, "2": 1}  # one count per batch size
+    assert {r["batch_size"]: r["runs"] for r in rows} == {1: 2, 2: 1}
     assert {(r["method"], r["budget"], r["restore"], r["batch_size"]) for r in rows} == {
         (m, b, on, bs) for bs in (1, 2) for m, b, on in
         [("none", None, False), ("visionzip", 8, False), ("visionzip", 8, True), ("fastv", 8, False), ("fastv", 8, True)]
@@ -47,6 +50,17 @@ def test_speed_benchmark_writes_json_table_and_plot(tmp_path, capsys):
     assert by[("fastv", False, 1)]["kv_cache_bytes"] < by[("none", False, 1)]["kv_cache_bytes"]
     assert by[("none", False, 2)]["kv_cache_bytes"] == 2 * by[("none", False, 1)]["kv_cache_bytes"]
     assert by[("visionzip", False, 1)]["flops_bound"] > by[("fastv", False, 1)]["flops_bound"]
+
+
+def test_runs_must_match_the_batch_sizes(capsys):
+    import pytest
+
+    from restore.bench.speed import parse_args
+
+    assert parse_args(["--runs", "3", "--batch-sizes", "1,4"]).runs == {1: 3, 4: 3}
+    with pytest.raises(SystemExit):
+        parse_args(["--runs", "3,2,1", "--batch-sizes", "1,4"])
+    assert "one per batch size" in capsys.readouterr().err
 
 
 def test_flops_and_kv_cache_follow_the_shapes():

@@ -12,7 +12,7 @@ def test_methods_lists_every_registered_method(capsys):
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == [m.name for m in available()]
-    assert any("in-LLM (layer 2)" in line for line in lines if line.startswith("fastv"))
+    assert any("in-LLM (layer 2 of 32)" in line for line in lines if line.startswith("fastv"))
 
 
 def test_run_answers_one_request(tmp_path, capsys):

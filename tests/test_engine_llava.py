@@ -180,3 +180,47 @@ def test_in_llm_layer_beyond_model_depth_is_an_error(engine):
         ReductionConfig(method="pyramiddrop", budget=4, layer=2)
     with pytest.raises(ValueError, match="ascending"):
         ReductionConfig(method="pyramiddrop", budget=4, options={"layers": [2, 1]})
+
+
+def test_full_prefill_estimate_counts_each_layer_at_the_length_it_saw(engine):
+    from restore.flops import prefill_flops
+
+    shapes, depth = engine.shapes, engine.shapes["layers"]
+    full = engine.generate([Request(PROMPT, [make_image(8)])], max_new_tokens=1)[0].stats
+    assert full["full_prefill_ms_est"] == full["prefill_ms"]  # nothing reduced: estimate = measurement
+    n_full = full["prompt_tokens"]
+    for cfg, lengths in [
+        (ReductionConfig(method="visionzip", budget=9), lambda kept: [kept] * depth),
+        # FastV at K=2: layers 0 and 1 ran every token, so they save nothing.
+        (ReductionConfig(method="fastv", budget=9, layer=2), lambda kept: [n_full] * 2 + [kept] * (depth - 2)),
+    ]:
+        s = engine.generate([Request(PROMPT, [make_image(8)], reduction=cfg)], max_new_tokens=1)[0].stats
+        ratio = prefill_flops([n_full] * depth, shapes) / prefill_flops(lengths(s["prompt_tokens"]), shapes)
+        assert s["full_prefill_ms_est"] == pytest.approx(s["prefill_ms"] * ratio)
+        assert ratio > 1
+
+
+def test_default_in_llm_layers_fit_a_shallow_model(engine):
+    from restore.flops import prefill_flops
+    from restore.plan import fit_layers
+
+    assert fit_layers(ReductionConfig(method="fastv", budget=9), 32).layer == 2  # LLaVA-1.5-7B: the paper's K
+    assert fit_layers(ReductionConfig(method="fastv", budget=9), 4).layer == 1
+    assert fit_layers(ReductionConfig(method="pyramiddrop", budget=9), 4).options == {"layers": [1, 2, 3]}
+    assert fit_layers(ReductionConfig(method="fastv", budget=9, layer=3), 4).layer == 3  # given: kept
+    assert fit_layers(ReductionConfig(method="divprune", budget=9), 4).layer is None
+    # The 3-layer tiny model runs FastV's default at K=1 instead of failing at K=2 of 32 ...
+    depth = engine.shapes["layers"]
+    s = engine.generate([Request(PROMPT, [make_image(8)], reduction=ReductionConfig(method="fastv", budget=9))],
+                        max_new_tokens=1)[0].stats
+    n_full = s["prompt_tokens"] - s["kept_tokens"] + s["visual_tokens"]
+    lengths = [n_full] + [s["prompt_tokens"]] * (depth - 1)
+    ratio = prefill_flops([n_full] * depth, engine.shapes) / prefill_flops(lengths, engine.shapes)
+    assert s["full_prefill_ms_est"] == pytest.approx(s["prefill_ms"] * ratio)
+    # ... and a layer the user set beyond the model still fails, naming the field.
+    with pytest.raises(ValueError, match="ReductionConfig.layer"):
+        engine.generate([Request(PROMPT, [make_image(8)], reduction=ReductionConfig(method="fastv", budget=9, layer=5))],
+                        max_new_tokens=1)
+    with pytest.raises(ValueError, match="3 stages do not fit a 3-layer model"):
+        engine.generate([Request(PROMPT, [make_image(8)], reduction=ReductionConfig(method="pyramiddrop", budget=9))],
+                        max_new_tokens=1)

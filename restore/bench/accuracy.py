@@ -24,12 +24,11 @@ from tqdm import tqdm
 
 from restore.config import ReductionConfig, RestoreConfig
 from restore.methods import available, get_method
+from restore.plan import fit_layers
 from restore.zoo import world
 from restore.zoo.evaluate import answer, score
 
 logger = logging.getLogger(__name__)
-
-PAPER_DEPTH = 32  # LLaVA-1.5-7B's decoder layers, where the in-LLM methods' layers were chosen
 
 
 def parse_budgets(text: str, tokens: int) -> list[int]:
@@ -49,23 +48,6 @@ def parse_budgets(text: str, tokens: int) -> list[int]:
     if not out:
         raise ValueError("--budgets is empty")
     return out
-
-
-def scaled_layers(method: str, depth: int) -> dict:
-    """ReductionConfig fields placing an in-LLM method at its paper's relative depth in a `depth`-layer model."""
-    m = get_method(method)
-    if m.stage != "llm":
-        return {}
-    defaults = m.layers(None, m.validate_options({}))
-    scaled = []
-    for k in defaults:
-        k = min(depth - 1, max(1, round(k * depth / PAPER_DEPTH)))
-        scaled.append(max(k, scaled[-1] + 1) if scaled else k)
-    if scaled[-1] >= depth:
-        raise ValueError(f"{method}: {len(defaults)} stages do not fit a {depth}-layer model")
-    if len(defaults) > 1:
-        return {"options": {"layers": scaled}}
-    return {"layer": scaled[0]}
 
 
 def tokens_per_image(model) -> int:
@@ -92,7 +74,7 @@ def settings(args, depth: int, tokens: int) -> list[dict]:
                         calibration=args.calibration, anchors=args.anchors,
                         uniform_first_layer=args.uniform_first_layer,
                     )
-                    cfg = ReductionConfig(method=m, budget=b, restore=rc, **scaled_layers(m, depth))
+                    cfg = fit_layers(ReductionConfig(method=m, budget=b, restore=rc), depth)
                     out.append({"method": m, "budget": b, "restore": on, "gamma": g, "config": cfg})
     return out
 

@@ -4,9 +4,11 @@ One model, one process. Settings: every visual token (method `none`); each base
 method at each budget as its authors ran it (`RestoreConfig(enabled=False)`);
 the same with RESTORE. Each setting runs at each batch size on generated scenes
 with the prompt "<image> describe the image .". Order: one warm-up round, one
-memory round (peak memory per setting, untimed), then `--runs` timed rounds with
-the settings interleaved inside each round (A B C A B C ...), so that drift in a
-shared machine's speed hits every setting alike. Medians and min/max are reported.
+memory round (peak memory per setting, untimed), then `--runs` timed rounds (one
+count, or one per batch size) with the settings interleaved inside each round and
+the order reversed every other round (A B C, C B A, ...), so that drift in a shared
+machine's speed hits every setting alike. Medians and min/max are reported;
+RESTORE's overhead is the median of the per-round ratios to its base method.
 
 Prefill (time to first token) is the engine's encode + reduce + prefill time:
 vision tower, reduction (RESTORE's own steps included) and the LLM prefill up to
@@ -41,8 +43,9 @@ import torch
 
 from restore.config import ReductionConfig, RestoreConfig
 from restore.engine import Engine, resolve_dtype
+from restore.flops import prefill_flops, text_shapes
 from restore.methods import get_method
-from restore.plan import Plan
+from restore.plan import Plan, fit_layers
 from restore.request import Request
 
 logger = logging.getLogger(__name__)
@@ -78,50 +81,12 @@ def _settings(methods: list[str], budgets: list[int], depth: int, layer: int | N
         for budget in budgets:
             for on in (False, True):
                 cfg = ReductionConfig(method=method, budget=budget, layer=k_layer, restore=RestoreConfig(enabled=on))
-                plan = Plan.of(cfg)
-                if plan.in_llm and max(plan.layers) >= depth:
-                    # A depth-scaled model can be shallower than the method's default K (FastV: 2);
-                    # reduce at the last layer rather than fail, and say so.
-                    k = depth - 1
-                    if k < 1:
-                        raise ValueError(f"--methods {method}: a {depth}-layer model has no layer to reduce at")
-                    logger.warning("%s: layer %d is beyond this %d-layer model; using layer %d", method, max(plan.layers), depth, k)
-                    cfg = ReductionConfig(**{**cfg.model_dump(), "layer": k})  # stage-list methods refuse this
-                out.append(Setting(method, budget, on, cfg))
+                # What the engine runs: default in-LLM layers at their relative depth in this model.
+                out.append(Setting(method, budget, on, fit_layers(cfg, depth)))
     return out
 
 
 # --------------------------------------------------------------------------- shapes, FLOPs, KV cache
-
-
-def _text_config(model):
-    cfg = model.config
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg.text_config
-
-
-def text_shapes(model) -> dict:
-    tc = _text_config(model)
-    heads = tc.num_attention_heads
-    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // heads
-    return {
-        "hidden": tc.hidden_size,
-        "intermediate": tc.intermediate_size,
-        "layers": tc.num_hidden_layers,
-        "heads": heads,
-        "kv_heads": getattr(tc, "num_key_value_heads", None) or heads,
-        "head_dim": head_dim,
-    }
-
-
-def decoder_layer_flops(n: int, s: dict) -> float:
-    """One SwiGLU decoder layer on n tokens: q,o (2nd^2) + k,v (2n d d_kv) + attention (2n^2 d) + MLP (3ndm).
-
-    Multiply-accumulates are counted once, as in the usual 4nd^2 + 2n^2d + 3ndm; only ratios are used.
-    """
-    d, m = s["hidden"], s["intermediate"]
-    d_attn = s["heads"] * s["head_dim"]
-    d_kv = s["kv_heads"] * s["head_dim"]
-    return 2 * n * d * d_attn + 2 * n * d * d_kv + 2 * n * n * d_attn + 3 * n * d * m
 
 
 def vision_flops(model, images: int, visual_tokens: int) -> float:
@@ -303,7 +268,8 @@ def load(args) -> tuple[Engine, str, float]:
     return engine, name, scale
 
 
-def measure(engine: Engine, settings: list[Setting], batch_sizes: list[int], runs: int, max_new_tokens: int):
+def measure(engine: Engine, settings: list[Setting], batch_sizes: list[int], runs: dict[int, int], max_new_tokens: int):
+    """Samples per (setting label, batch size), in round order; `runs` maps batch size -> timed rounds."""
     from restore.zoo.world import scene_image
 
     images = [scene_image(i, 336) for i in range(max(batch_sizes))]
@@ -321,12 +287,16 @@ def measure(engine: Engine, settings: list[Setting], batch_sizes: list[int], run
             _once(engine, requests(s, b), max_new_tokens)
         memory[(s.label, b)] = peak.peak
     samples: dict[tuple[str, int], list[dict]] = {(s.label, b): [] for s, b in combos}
-    for run in range(runs):
+    for run in range(max(runs.values())):
         t = time.perf_counter()
-        for s, b in combos:  # interleaved: every setting once per round
+        here = [(s, b) for s, b in combos if run < runs[b]]
+        # Every setting once per round, the order reversed every other round (A B C, C B A, ...):
+        # drift in a shared machine's speed then hits every setting alike, and a setting's
+        # neighbour (base method beside + RESTORE) alternates between before and after it.
+        for s, b in here if run % 2 == 0 else reversed(here):
             gc.collect()
             samples[(s.label, b)].append(_once(engine, requests(s, b), max_new_tokens))
-        logger.info("run %d/%d: %.1f s", run + 1, runs, time.perf_counter() - t)
+        logger.info("run %d/%d: %.1f s", run + 1, max(runs.values()), time.perf_counter() - t)
     return samples, memory
 
 
@@ -346,7 +316,7 @@ def build_results(engine: Engine, settings, batch_sizes, samples, memory, max_ne
             visual, kept, prompt = first["visual_tokens"], first["kept_tokens"], first["prompt_tokens"]
             text = prompt - kept
             lengths = layer_lengths(s.plan, depth, text, visual, kept)
-            flops = vision_flops(engine.model, 1, visual) + sum(decoder_layer_flops(n, shapes) for n in lengths)
+            flops = vision_flops(engine.model, 1, visual) + prefill_flops(lengths, shapes)
             if s.budget is None:
                 full_flops[b] = flops
             prefill = _spread([r["prefill_ms"] for r in runs])
@@ -389,15 +359,19 @@ def build_results(engine: Engine, settings, batch_sizes, samples, memory, max_ne
                 }
             )
     full_ms = {r["batch_size"]: r["prefill_ms"] for r in rows if r["budget"] is None}
-    base_ms = {(r["method"], r["budget"], r["batch_size"]): r["prefill_ms"] for r in rows if not r["restore"]}
-    for r in rows:
+    base_of = {(s.method, s.budget): s.label for s in settings if not s.restore}
+    for s, r in zip([s for _ in batch_sizes for s in settings], rows, strict=True):
         b = r["batch_size"]
         r["prefill_speedup"] = full_ms[b] / r["prefill_ms"]
         r["flops_bound"] = full_flops[b] / r["flops"]
         r["bound_fraction"] = r["prefill_speedup"] / r["flops_bound"]
-        # RESTORE's cost over the same base method, same budget and batch size.
-        base = base_ms.get((r["method"], r["budget"], b)) if r["restore"] else None
-        r["restore_overhead"] = r["prefill_ms"] / base - 1 if base else None
+        # RESTORE's cost over the same base method, budget and batch size: the median of the
+        # per-round ratios. Both ran in the same round, side by side, so the machine's drift
+        # between rounds cancels, which a ratio of two medians would not do.
+        r["restore_overhead"] = None
+        if s.restore:
+            pairs = zip(samples[(s.label, b)], samples[(base_of[(s.method, s.budget)], b)], strict=True)
+            r["restore_overhead"] = statistics.median(x["prefill_ms"] / y["prefill_ms"] for x, y in pairs) - 1
     return rows
 
 
@@ -472,6 +446,13 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _runs_text(runs: dict[int, int]) -> str:
+    counts = set(runs.values())
+    if len(counts) == 1:
+        return str(counts.pop())
+    return "/".join(f"{n} (batch {b})" for b, n in runs.items())
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="restore bench speed", description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group()
@@ -483,15 +464,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budgets", default="192,128,64", help="visual tokens kept per image (of 576 for LLaVA-1.5)")
     p.add_argument("--layer", type=int, default=None, help="in-LLM methods: reduce at this decoder layer K")
     p.add_argument("--batch-sizes", default="1,4,16")
-    p.add_argument("--runs", type=int, default=5, help="timed rounds after one warm-up round")
+    p.add_argument("--runs", default="5", help="timed rounds after one warm-up round: one number, or one per "
+                   "batch size (e.g. 15,15,5: small batches are quick and noisier, so give them more rounds)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens every request generates (EOS is off)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default="out/speed")
     args = p.parse_args(argv)
-    if args.runs < 1 or args.max_new_tokens < 1:
+    runs = _ints(args.runs)
+    sizes = _ints(args.batch_sizes)
+    if len(runs) == 1:
+        runs = runs * len(sizes)
+    if len(runs) != len(sizes):
+        p.error(f"--runs has {len(runs)} values for {len(sizes)} batch sizes; give one, or one per batch size")
+    if min(runs) < 1 or args.max_new_tokens < 1:
         p.error("--runs and --max-new-tokens must be at least 1")
+    args.runs = dict(zip(sizes, runs, strict=True))
     return args
 
 
@@ -530,7 +519,7 @@ def _main(args: argparse.Namespace) -> dict:
         "weights_bytes": sum(p.numel() * p.element_size() for p in engine.model.parameters()),
         "peak_memory_measure": PeakMemory(dev).how + ", above the level before each call",
         "prompt": PROMPT,
-        "runs": args.runs,
+        "runs": {str(b): n for b, n in args.runs.items()},  # per batch size
         "max_new_tokens": args.max_new_tokens,
         "torch": torch.__version__,
         "results": rows,
@@ -541,7 +530,7 @@ def _main(args: argparse.Namespace) -> dict:
     where = f"{dev.type} ({device_name}, {threads} threads)" if dev.type == "cpu" else f"{device_name}"
     title = (
         f"{name} scale {scale:g} ({shapes['layers']} layers x {shapes['hidden']}), {report['dtype']}, {where}, "
-        f"median of {args.runs} runs, {args.max_new_tokens} new tokens"
+        f"median of {_runs_text(args.runs)} runs, {args.max_new_tokens} new tokens"
     )
     md = table(rows)
     (out / "speed.md").write_text(f"{title}\n\n{md}\n")
