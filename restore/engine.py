@@ -51,7 +51,8 @@ class _Prefill:
     ctx: ForwardContext | None
     visual: list[int]
     timings: dict[str, float]
-    flops_ratio: list[float]  # per sample: decoder FLOPs with every token / as run
+    layer_tokens: list[list[int]]  # per sample: the tokens each decoder layer ran on
+    full_tokens: list[int]  # per sample: the sequence length with every visual token
 
 
 class Engine:
@@ -174,20 +175,12 @@ class Engine:
             "reduce_ms": (t_reduce - t_encode) * 1e3,
             "prefill_ms": (t_prefill - t_reduce) * 1e3,
         }
-        ratios = [
-            self._flops_ratio(full.length, seq.length, stage_lengths, depth)
-            for full, seq, stage_lengths in zip(seqs, reduced, state["stage_lengths"], strict=True)
+        layer_tokens = [
+            _layer_tokens(seq.length, by_layer, depth)
+            for seq, by_layer in zip(reduced, state["stage_lengths"], strict=True)
         ]
-        return _Prefill(logits, cache, attention_mask, state["seqs"], ctx, visual, timings, ratios)
-
-    def _flops_ratio(self, full: int, first: int, stage_lengths: dict[int, int], depth: int) -> float:
-        """Decoder FLOPs with every visual token over those of the prefill as run: `first` tokens from
-        layer 0, then each in-LLM stage's length from its layer on (layers before K ran at full length)."""
-        lengths, current = [], first
-        for layer in range(depth):
-            current = stage_lengths.get(layer, current)
-            lengths.append(current)
-        return prefill_flops([full] * depth, self.shapes) / prefill_flops(lengths, self.shapes)
+        full = [seq.length for seq in seqs]
+        return _Prefill(logits, cache, attention_mask, state["seqs"], ctx, visual, timings, layer_tokens, full)
 
     def _run(self, prepared, plans: list[Plan], gen: GenerationConfig, on_token=None) -> list[Result]:
         pre = self._prefill(prepared, plans)
@@ -212,8 +205,11 @@ class Engine:
                 "size_max": float(sizes.max()) if sizes.numel() else 0.0,
                 "prompt_tokens": seq.length,
                 **pre.timings,
+                "layer_tokens": pre.layer_tokens[i],
                 # What the prefill would have cost with every visual token, modelled by decoder FLOPs.
-                "full_prefill_ms_est": pre.timings["prefill_ms"] * pre.flops_ratio[i],
+                "full_prefill_ms_est": pre.timings["prefill_ms"]
+                * prefill_flops([pre.full_tokens[i]] * len(pre.layer_tokens[i]), self.shapes)
+                / prefill_flops(pre.layer_tokens[i], self.shapes),
                 "decode_ms": decode_ms,
                 "generated_tokens": len(ids),
                 "batch_size": len(plans),
@@ -314,3 +310,13 @@ class Engine:
             if cut >= 0:
                 text = text[:cut]
         return text.strip()
+
+
+def _layer_tokens(first: int, stage_lengths: dict[int, int], depth: int) -> list[int]:
+    """Tokens each decoder layer ran on: `first` from layer 0 (after any pre-LLM reduction), then each
+    in-LLM stage's length from its layer on; layers before an in-LLM method's K ran at full length."""
+    lengths, current = [], first
+    for layer in range(depth):
+        current = stage_lengths.get(layer, current)
+        lengths.append(current)
+    return lengths

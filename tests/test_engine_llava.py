@@ -189,12 +189,14 @@ def test_full_prefill_estimate_counts_each_layer_at_the_length_it_saw(engine):
     full = engine.generate([Request(PROMPT, [make_image(8)])], max_new_tokens=1)[0].stats
     assert full["full_prefill_ms_est"] == full["prefill_ms"]  # nothing reduced: estimate = measurement
     n_full = full["prompt_tokens"]
+    assert full["layer_tokens"] == [n_full] * depth
     for cfg, lengths in [
         (ReductionConfig(method="visionzip", budget=9), lambda kept: [kept] * depth),
         # FastV at K=2: layers 0 and 1 ran every token, so they save nothing.
         (ReductionConfig(method="fastv", budget=9, layer=2), lambda kept: [n_full] * 2 + [kept] * (depth - 2)),
     ]:
         s = engine.generate([Request(PROMPT, [make_image(8)], reduction=cfg)], max_new_tokens=1)[0].stats
+        assert s["layer_tokens"] == lengths(s["prompt_tokens"])
         ratio = prefill_flops([n_full] * depth, shapes) / prefill_flops(lengths(s["prompt_tokens"]), shapes)
         assert s["full_prefill_ms_est"] == pytest.approx(s["prefill_ms"] * ratio)
         assert ratio > 1
@@ -215,6 +217,7 @@ def test_default_in_llm_layers_fit_a_shallow_model(engine):
                         max_new_tokens=1)[0].stats
     n_full = s["prompt_tokens"] - s["kept_tokens"] + s["visual_tokens"]
     lengths = [n_full] + [s["prompt_tokens"]] * (depth - 1)
+    assert s["layer_tokens"] == lengths
     ratio = prefill_flops([n_full] * depth, engine.shapes) / prefill_flops(lengths, engine.shapes)
     assert s["full_prefill_ms_est"] == pytest.approx(s["prefill_ms"] * ratio)
     # ... and a layer the user set beyond the model still fails, naming the field.

@@ -37,13 +37,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 from restore.config import ReductionConfig, RestoreConfig
 from restore.engine import Engine, resolve_dtype
-from restore.flops import prefill_flops, text_shapes
+from restore.flops import prefill_flops
 from restore.methods import get_method
 from restore.plan import Plan, fit_layers
 from restore.request import Request
@@ -117,25 +116,6 @@ def vision_flops(model, images: int, visual_tokens: int) -> float:
         # A linear projector costs one multiply-accumulate per weight per token.
         proj = visual_tokens * sum(p.numel() for p in projector.parameters() if p.dim() == 2)
     return float(tower + proj)
-
-
-def layer_lengths(plan: Plan, depth: int, text: int, visual: int, kept: int) -> list[int]:
-    """Tokens each decoder layer sees for one single-image request (in-LLM: full length before K)."""
-    if not plan.reduces or kept >= visual:
-        return [text + visual] * depth
-    if not plan.in_llm:
-        return [text + kept] * depth
-    stages = set(plan.layers)
-    length, out = visual, []
-    for layer in range(depth):
-        if layer in stages:
-            # The same per-stage budget the engine uses (geometric between stages, final at the last).
-            span = SimpleNamespace(origin_tokens=visual, origin_frames=1, length=length)
-            length = plan.stage_budget(span, layer)
-        out.append(text + length)
-    if out[-1] != text + kept:
-        logger.warning("%s: modelled %d tokens after the last stage, engine kept %d", plan.config.method, out[-1] - text, kept)
-    return out
 
 
 def kv_cache_bytes(lengths: list[int], s: dict, dtype: torch.dtype) -> int:
@@ -249,6 +229,7 @@ def _once(engine: Engine, requests: list[Request], max_new_tokens: int) -> dict:
         "visual_tokens": s["visual_tokens"],
         "kept_tokens": s["kept_tokens"],
         "prompt_tokens": s["prompt_tokens"],
+        "layer_tokens": s["layer_tokens"],
     }
 
 
@@ -304,8 +285,7 @@ def measure(engine: Engine, settings: list[Setting], batch_sizes: list[int], run
 
 
 def build_results(engine: Engine, settings, batch_sizes, samples, memory, max_new_tokens) -> list[dict]:
-    shapes = text_shapes(engine.model)
-    depth = shapes["layers"]
+    shapes = engine.shapes
     dtype = engine.model.dtype
     rows = []
     full_flops = {}
@@ -314,8 +294,7 @@ def build_results(engine: Engine, settings, batch_sizes, samples, memory, max_ne
             runs = samples[(s.label, b)]
             first = runs[0]
             visual, kept, prompt = first["visual_tokens"], first["kept_tokens"], first["prompt_tokens"]
-            text = prompt - kept
-            lengths = layer_lengths(s.plan, depth, text, visual, kept)
+            lengths = first["layer_tokens"]  # what each decoder layer ran on (the engine's record)
             flops = vision_flops(engine.model, 1, visual) + prefill_flops(lengths, shapes)
             if s.budget is None:
                 full_flops[b] = flops
@@ -499,7 +478,7 @@ def _main(args: argparse.Namespace) -> dict:
     methods = [m for m in args.methods.split(",") if m.strip()]
     budgets, batch_sizes = _ints(args.budgets), _ints(args.batch_sizes)
     engine, name, scale = load(args)
-    shapes = text_shapes(engine.model)
+    shapes = engine.shapes
     settings = _settings(methods, budgets, shapes["layers"], args.layer)
     samples, memory = measure(engine, settings, batch_sizes, args.runs, args.max_new_tokens)
     rows = build_results(engine, settings, batch_sizes, samples, memory, args.max_new_tokens)
