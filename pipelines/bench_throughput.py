@@ -136,21 +136,23 @@ def main(argv: list[str] | None = None) -> int:
                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, workers=args.workers,
                             shard_size=max(args.batch_size, 16), **configs[name])
 
-        for name in configs:  # loops first, before Ray exists, so nothing else competes for the cores
+        env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        # Each config's loop and pipeline run back to back, so that this machine's drift over minutes
+        # hits both alike; Ray starts after the loop and stops before the next one, so nothing else
+        # competes with the loop for the cores.
+        for name in configs:
             print(f"loop {name} ...", file=sys.stderr)
             results["configs"][name] = {"loop": run_loop(job(name, str(root / "unused")), paths)}
-        env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
-        try:
-            # Untimed warm-up job: the first actor of a fresh Ray pays cold imports that later ones do not.
-            print("pipeline warm-up ...", file=sys.stderr)
-            warm = job("full", str(root / "out-warmup")).model_copy(update={"limit": args.batch_size})
-            run_pipeline(warm)
-            for name in configs:
+            ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+            try:
+                # Untimed warm-up job: the first actor of a fresh Ray pays cold imports that later ones do not.
+                print("pipeline warm-up ...", file=sys.stderr)
+                warm = job(name, str(root / f"out-warmup-{name}")).model_copy(update={"limit": args.batch_size})
+                run_pipeline(warm)
                 print(f"pipeline {name} ...", file=sys.stderr)
                 results["configs"][name]["pipeline"] = run_pipeline(job(name, str(root / f"out-{name}")))
-        finally:
-            ray.shutdown()
+            finally:
+                ray.shutdown()
 
     c = results["configs"]
     for name in c:
