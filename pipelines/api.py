@@ -112,13 +112,13 @@ def completion_id() -> str:
 
 def restore_stats(stats: dict) -> dict:
     """The `restore` object of a response: what reduction did to this request."""
-    visual, kept = stats["visual_tokens"], stats["kept_tokens"]
+    visual, kept, prefill = stats["visual_tokens"], stats["kept_tokens"], stats["prefill_ms"]
     return {
         "method": stats["method"], "budget": stats["budget"], "restore": stats["restore"],
         "visual_tokens": visual, "kept_tokens": kept, "prompt_tokens": stats["prompt_tokens"],
-        "prefill_ms": round(stats["prefill_ms"], 3), "decode_ms": round(stats["decode_ms"], 3),
+        "prefill_ms": round(prefill, 3), "decode_ms": round(stats["decode_ms"], 3),
         # Decoder FLOPs with every visual token over those of this prefill (Engine's full_prefill_ms_est).
-        "prefill_speedup_est": round(stats["full_prefill_ms_est"] / stats["prefill_ms"], 3) if stats["prefill_ms"] else None,
+        "prefill_speedup_est": round(stats["full_prefill_ms_est"] / prefill, 3) if prefill else None,
         "batch_size": stats["batch_size"],
     }
 

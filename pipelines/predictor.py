@@ -131,8 +131,9 @@ class LabelPredictor:
             "budget": float(budget) if budget is not None else None,
             "restore": bool(self.reduction.restore.enabled and self.reduction.reduces),
             "visual_tokens": None, "kept_tokens": None, "prompt_tokens": None, "prefill_ms": None,
-            "full_prefill_ms_est": None, "decode_ms": None, "generated_tokens": None, "status": "error" if error else "ok", "error": error,
-            "worker": self.worker, "finished_at": dt.datetime.now(dt.UTC),
+            "full_prefill_ms_est": None, "decode_ms": None, "generated_tokens": None,
+            "status": "error" if error else "ok", "error": error, "worker": self.worker,
+            "finished_at": dt.datetime.now(dt.UTC),
         }
         if not error:
             out.update(result_fields(result))
