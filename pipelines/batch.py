@@ -91,9 +91,10 @@ class JobSummary(BaseModel):
     mean_kept_tokens: float | None = Field(description="Mean visual tokens per ok row the LLM saw.")
     mean_prefill_ms: float | None = Field(description="Mean prefill time of the batch an ok row was part of.")
     prefill_speedup_est: float | None = Field(
-        description="Sum of full_prefill_ms_est / sum of prefill_ms over ok rows: a row's full-token time is its "
-        "measured prefill scaled by the decoder FLOPs with every visual token over those it ran (each layer at "
-        "the length it saw, so an in-LLM method's layers before K count at full length)."
+        description="Sum of full_prefill_ms_est / sum of prefill_ms over ok rows that have it (part files written "
+        "before that column existed lack it): a row's full-token time is its measured prefill scaled by the "
+        "decoder FLOPs with every visual token over those it ran (each layer at the length it saw, so an in-LLM "
+        "method's layers before K count at full length)."
     )
 
 
@@ -205,18 +206,25 @@ def build_dataset(job: LabelJob, rows: list[dict] | None = None):
     )
 
 
+def _read_columns(data: bytes, cols: list[str]) -> list[dict]:
+    """Rows of `cols` from one part file; a column the file predates (an output resumed across releases) is None."""
+    part = pq.ParquetFile(io.BytesIO(data))
+    have = [c for c in cols if c in part.schema_arrow.names]
+    return [{c: r.get(c) for c in cols} for r in part.read(columns=have).to_pylist()]
+
+
 def _summarize(store: OutputStore, job: LabelJob, n_shards: int, written: int, skipped: int, run_rows: int,
                wall_s: float) -> JobSummary:
     cols = ["status", "visual_tokens", "kept_tokens", "prefill_ms", "full_prefill_ms_est"]
-    tables = [pq.read_table(io.BytesIO(store.read_bytes(n)), columns=cols) for n in store.names("part-*.parquet")]
-    rows = pa.concat_tables(tables).to_pylist() if tables else []
+    rows = [r for name in store.names("part-*.parquet") for r in _read_columns(store.read_bytes(name), cols)]
     ok = [r for r in rows if r["status"] == "ok"]
 
     def mean(key: str) -> float | None:
         return sum(r[key] for r in ok) / len(ok) if ok else None
 
-    measured = sum(r["prefill_ms"] for r in ok)
-    full = sum(r["full_prefill_ms_est"] for r in ok)
+    estimated = [r for r in ok if r["full_prefill_ms_est"] is not None]
+    measured = sum(r["prefill_ms"] for r in estimated)
+    full = sum(r["full_prefill_ms_est"] for r in estimated)
     return JobSummary(
         output=store.uri, kind=job.kind, task=job.task, model=job.model, method=job.method,
         budget=float(job.budget) if job.budget is not None else None, restore=job.restore,

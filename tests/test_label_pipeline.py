@@ -180,6 +180,28 @@ def test_decode_workers_do_not_import_the_model_stack():
     assert out.stdout.decode().strip() == "fastv []", out.stdout + out.stderr
 
 
+def test_summary_reads_part_files_written_before_the_estimate_column(tmp_path):
+    # An output resumed across releases holds parts without full_prefill_ms_est; the summary must
+    # still read them, and estimate the speedup from the rows that have the column.
+    from pipelines.storage import OutputStore
+
+    def row(i: int, prefill: float, full: float | None) -> dict:
+        return {"id": f"r{i}", "uri": f"u{i}", "status": "ok", "visual_tokens": 576, "kept_tokens": 64,
+                "prefill_ms": prefill, "full_prefill_ms_est": full}
+
+    out = tmp_path / "out"
+    out.mkdir()
+    old_schema = pa.schema([f for f in OUTPUT_SCHEMA if f.name != "full_prefill_ms_est"])
+    old = [{k: v for k, v in row(0, 10.0, None).items() if k != "full_prefill_ms_est"}]
+    pq.write_table(pa.Table.from_pylist(old, schema=old_schema), out / "part-00000.parquet")
+    pq.write_table(pa.Table.from_pylist([row(1, 10.0, 40.0), row(2, 30.0, 80.0)], schema=OUTPUT_SCHEMA),
+                   out / "part-00001.parquet")
+    job = LabelJob(kind="images", input=str(tmp_path), output=str(out), method="divprune", budget=64)
+    s = batch._summarize(OutputStore(str(out)), job, 2, 1, 1, 2, 1.0)
+    assert (s.rows_total, s.rows_ok, s.mean_prefill_ms) == (3, 3, pytest.approx(50 / 3))
+    assert s.prefill_speedup_est == 3.0  # (40 + 80) / (10 + 30): the old row has no estimate
+
+
 def test_rerun_adds_nothing_and_finishes_only_missing_shards(local_images, monkeypatch):
     j, _, _ = local_images
     before = read_output(j.output)
