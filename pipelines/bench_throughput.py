@@ -12,6 +12,11 @@ settings, caption task, `batch_size` rows per `generate` call:
   inference actors), fresh output each time; its time is the summary's `wall_s` (after
   `ray.init`: actor start-up, decode, inference and publishing the shards).
 
+Each side also reports its steady state, measured alike: rows finished after the first batch
+over the time since the first batch finished (for the pipeline from the rows' `finished_at`),
+and `first_batch_s`, the time from its start until the first batch was done. On a corpus the
+steady rate is the throughput; the first batch's wait is paid once per job.
+
 It prints a table and writes the numbers as JSON. Timings only: nothing is asserted.
 """
 
@@ -59,7 +64,7 @@ def run_loop(job, paths: list[str]) -> dict:
     load_s = time.perf_counter() - t0
     prompt = media_prompt(predictor.engine, job.default_prompt(), 1)
     chunks = [paths[i : i + job.batch_size] for i in range(0, len(paths), job.batch_size)]
-    kept, decode_s, wait_s, generate_s = [], 0.0, 0.0, 0.0
+    kept, decode_s, wait_s, generate_s, done_at = [], 0.0, 0.0, 0.0, []
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(decode, chunks[0])
         for i in range(len(chunks)):
@@ -73,29 +78,38 @@ def run_loop(job, paths: list[str]) -> dict:
             results = predictor.engine.generate([Request(prompt, images=[im]) for im in images],
                                                 max_new_tokens=job.max_new_tokens)
             generate_s += time.perf_counter() - t2
+            done_at.append(time.perf_counter() - t0)
             kept += [r.stats["kept_tokens"] for r in results]
     wall = time.perf_counter() - t0
+    after_first = len(paths) - len(chunks[0])
+    steady = after_first / (done_at[-1] - done_at[0]) if len(done_at) > 1 else None
     return {"wall_s": round(wall, 3), "engine_load_s": round(load_s, 3), "decode_s": round(decode_s, 3),
             "decode_wait_s": round(wait_s, 3), "generate_s": round(generate_s, 3),
-            "items_per_s": round(len(paths) / wall, 3), "mean_kept_tokens": sum(kept) / len(kept)}
+            "items_per_s": round(len(paths) / wall, 3), "steady_items_per_s": _round(steady),
+            "first_batch_s": round(done_at[0], 3), "mean_kept_tokens": sum(kept) / len(kept)}
+
+
+def _round(x: float | None) -> float | None:
+    return round(x, 3) if x is not None else None
 
 
 def run_pipeline(job) -> dict:
     """One job; `steady_items_per_s` counts rows finished after the first batch over the time since it finished
-    (actor start-up excluded), from the rows' `finished_at`."""
+    (actor start-up excluded), from the rows' `finished_at`; `first_batch_s` is when the first batch was done."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pipelines.batch import run
 
+    start = time.time()
     s = run(job)
     assert s.rows_ok == s.rows_total, f"{s.rows_error} error rows in {job.output}"
     table = pa.concat_tables([pq.read_table(p) for p in sorted(Path(job.output).glob("part-*.parquet"))])
     done = sorted(t.timestamp() for t in table["finished_at"].to_pylist())
     first = done[job.batch_size - 1] if len(done) > job.batch_size else done[0]
     steady = (len(done) - job.batch_size) / (done[-1] - first) if done[-1] > first else None
-    return {"wall_s": s.wall_s, "items_per_s": s.items_per_s,
-            "steady_items_per_s": round(steady, 3) if steady else None, "mean_kept_tokens": s.mean_kept_tokens}
+    return {"wall_s": s.wall_s, "items_per_s": s.items_per_s, "steady_items_per_s": _round(steady),
+            "first_batch_s": round(first - start, 3), "mean_kept_tokens": s.mean_kept_tokens}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,18 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     c = results["configs"]
     for name in c:
         c[name]["pipeline_over_loop"] = round(c[name]["pipeline"]["items_per_s"] / c[name]["loop"]["items_per_s"], 3)
+        steady = [c[name][side]["steady_items_per_s"] for side in ("pipeline", "loop")]
+        c[name]["pipeline_over_loop_steady"] = round(steady[0] / steady[1], 3) if all(steady) else None
     results["reduced_over_full"] = {
         side: round(c["reduced"][side]["items_per_s"] / c["full"][side]["items_per_s"], 3)
         for side in ("loop", "pipeline")
     }
     print(f"model {args.model}, {args.images} images of {args.size} px, batch {args.batch_size}, "
           f"{args.max_new_tokens} new tokens, Ray {args.cpus} CPUs / workers {args.workers}")
-    print("| config | kept tokens | loop img/s | pipeline img/s | pipeline/loop | pipeline steady img/s |")
-    print("|---|---|---|---|---|---|")
+    print("| config | kept tokens | loop img/s | pipeline img/s | pipeline / loop | loop steady | pipeline steady "
+          "| steady ratio | first batch s (loop / pipeline) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in c.items():
-        print(f"| {name} | {r['loop']['mean_kept_tokens']:.0f} | {r['loop']['items_per_s']:.2f} | "
-              f"{r['pipeline']['items_per_s']:.2f} | {r['pipeline_over_loop']:.3f} | "
-              f"{r['pipeline']['steady_items_per_s']} |")
+        lp, pp = r["loop"], r["pipeline"]
+        print(f"| {name} | {lp['mean_kept_tokens']:.0f} | {lp['items_per_s']:.2f} | {pp['items_per_s']:.2f} | "
+              f"{r['pipeline_over_loop']:.3f} | {lp['steady_items_per_s']} | {pp['steady_items_per_s']} | "
+              f"{r['pipeline_over_loop_steady']} | {lp['first_batch_s']:.1f} / {pp['first_batch_s']:.1f} |")
     print(f"reduced/full speedup: loop {results['reduced_over_full']['loop']:.2f}x, "
           f"pipeline {results['reduced_over_full']['pipeline']:.2f}x")
     Path(args.json).write_text(json.dumps(results, indent=2))
