@@ -227,3 +227,34 @@ def test_default_in_llm_layers_fit_a_shallow_model(engine):
     with pytest.raises(ValueError, match="3 stages do not fit a 3-layer model"):
         engine.generate([Request(PROMPT, [make_image(8)], reduction=ReductionConfig(method="pyramiddrop", budget=9))],
                         max_new_tokens=1)
+
+
+def test_tower_stops_at_the_layer_it_reads_and_scores_come_from_that_layer(engine, llava):
+    model, processor = llava
+    encoder = engine.adapter._tower().encoder
+    depth = len(encoder.layers)
+    ran = []
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(encoder.layers)]
+    px = processor(text="<image> <image> how many", images=[make_image(0), make_image(1)], return_tensors="pt")["pixel_values"]
+    try:
+        feats, imps, keys = engine.adapter.encode_images(px)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert ran == list(range(depth - 1))  # vision_feature_layer -2: the last layer's output is never read
+    assert len(encoder.layers) == depth  # the tower is whole again afterwards
+    cfg = model.config
+    with torch.no_grad():
+        stock = model.model.get_image_features(pixel_values=px, vision_feature_layer=cfg.vision_feature_layer,
+                                               vision_feature_select_strategy="default", return_dict=True)
+        hidden = model.model.vision_tower(px, output_hidden_states=True).hidden_states[-3]  # entering layer depth-2
+        layer = encoder.layers[depth - 2]
+        x = layer.layer_norm1(hidden)
+        heads = layer.self_attn.num_heads
+        q = layer.self_attn.q_proj(x).unflatten(-1, (heads, -1))
+        k = layer.self_attn.k_proj(x).unflatten(-1, (heads, -1))
+        attn = torch.softmax(torch.einsum("bhd,bshd->bhs", q[:, 0], k) * q.shape[-1] ** -0.5, dim=-1).mean(dim=1)
+    for i in range(2):
+        assert torch.allclose(feats[i], stock.pooler_output[i], atol=1e-6)
+        assert torch.allclose(imps[i], attn[i, 1:], atol=1e-6)
+        assert torch.allclose(keys[i], k[i, 1:].flatten(1), atol=1e-6)

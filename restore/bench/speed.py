@@ -88,8 +88,9 @@ def _settings(methods: list[str], budgets: list[int], depth: int, layer: int | N
 # --------------------------------------------------------------------------- shapes, FLOPs, KV cache
 
 
-def vision_flops(model, images: int, visual_tokens: int) -> float:
-    """Vision tower (all its layers run) + projector for `images` images with `visual_tokens` tokens in all.
+def vision_flops(model, images: int, visual_tokens: int, layers: int | None = None) -> float:
+    """Vision tower (`layers` of its layers, default all) + projector for `images` images with `visual_tokens`
+    tokens in all.
 
     Exact for LLaVA-1.5 (CLIP, n = patches + 1 per image, GELU MLP 2ndm). Other towers are
     approximated: Qwen2.5-VL as n = visual tokens x merge^2 with full attention and a SwiGLU MLP,
@@ -99,7 +100,7 @@ def vision_flops(model, images: int, visual_tokens: int) -> float:
     if vc is None or images == 0:
         return 0.0
     d, m = vc.hidden_size, vc.intermediate_size
-    depth = getattr(vc, "num_hidden_layers", None) or vc.depth
+    depth = layers or getattr(vc, "num_hidden_layers", None) or vc.depth
     mlp = 2
     if hasattr(vc, "image_size") and hasattr(vc, "patch_size"):
         patches = (vc.image_size // vc.patch_size) ** 2
@@ -295,7 +296,8 @@ def build_results(engine: Engine, settings, batch_sizes, samples, memory, max_ne
             first = runs[0]
             visual, kept, prompt = first["visual_tokens"], first["kept_tokens"], first["prompt_tokens"]
             lengths = first["layer_tokens"]  # what each decoder layer ran on (the engine's record)
-            flops = vision_flops(engine.model, 1, visual) + prefill_flops(lengths, shapes)
+            tower = vision_flops(engine.model, 1, visual, engine.adapter.vision_layers_run())
+            flops = tower + prefill_flops(lengths, shapes)
             if s.budget is None:
                 full_flops[b] = flops
             prefill = _spread([r["prefill_ms"] for r in runs])

@@ -8,6 +8,7 @@ positions and what RoPE it uses. The LLM itself stays the stock class.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,10 @@ class Adapter:
             return set()
         return set(eos) if isinstance(eos, list | tuple) else {int(eos)}
 
+    def vision_layers_run(self) -> int | None:
+        """Vision tower layers one image runs through; None: all of them."""
+        return None
+
     # --- family specific
     def prepare(self, request: Request, index: int) -> Prepared:
         raise NotImplementedError
@@ -103,6 +108,45 @@ def split_runs(runs: list[tuple[int, int]], lengths: list[int], what: str) -> li
     if queue:
         raise ValueError(f"{what}: {len(queue)} image(s) have no placeholder tokens")
     return spans
+
+
+class OutputCapture:
+    """Capture what one module returns during a forward (a vision layer's q or k projection)."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+        self.output: torch.Tensor | None = None
+
+    def __enter__(self):
+        def hook(mod, args, output):
+            self.output = output
+
+        self._handle = self.module.register_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+
+def hidden_state_indices(vision_feature_layer: int | list[int], depth: int) -> list[int]:
+    """`vision_feature_layer` as non-negative indices into a tower's hidden states (embeddings, then each of
+    `depth` layers), so that they keep pointing at the same layers when later layers are not run."""
+    layers = list(vision_feature_layer) if isinstance(vision_feature_layer, list | tuple) else [vision_feature_layer]
+    return [depth + 1 + v if v < 0 else v for v in layers]
+
+
+@contextmanager
+def first_layers(encoder, count: int):
+    """Run only the first `count` layers of `encoder` inside the block. LLaVA-1.5 reads the second to last
+    layer's output, so the last layer would be computed and thrown away. The Engine runs one call at a time
+    (Serve gives it one thread), which a temporary swap needs."""
+    full = encoder.layers
+    if count < len(full):
+        encoder.layers = full[:count]
+    try:
+        yield
+    finally:
+        encoder.layers = full
 
 
 class AttentionInputCapture:

@@ -2,7 +2,9 @@
 
 Importance is the CLS query's attention in the vision layer whose output the
 projector reads (vision_feature_layer, -2 for LLaVA-1.5), computed from that
-layer's q and k for the CLS row only; keys are that layer's attention keys.
+layer's own q and k projections (captured, not recomputed) for the CLS row only;
+keys are that layer's attention keys. Tower layers after the last one read are
+not run.
 Video is a list of frames given as images (the multi-image path); when the
 frames' placeholder runs are adjacent they form one (T, H, W) span, so the
 budget is per frame × T and temporal methods see the whole clip.
@@ -14,10 +16,12 @@ import torch
 
 from restore.models.base import (
     Adapter,
-    AttentionInputCapture,
+    OutputCapture,
     Prepared,
     build_prompt,
     cls_attention,
+    first_layers,
+    hidden_state_indices,
     split_runs,
     token_runs,
 )
@@ -48,6 +52,11 @@ class LlavaAdapter(Adapter):
         layers = self._tower().encoder.layers
         return len(layers) + vfl if vfl < 0 else max(vfl - 1, 0)
 
+    def vision_layers_run(self) -> int:
+        encoder = self._tower().encoder
+        read = hidden_state_indices(self.model.config.vision_feature_layer, len(encoder.layers))
+        return max(*read, self._vision_layer() + 1)
+
     def _tower(self):
         tower = self.model.model.vision_tower
         return getattr(tower, "vision_model", tower)
@@ -63,18 +72,19 @@ class LlavaAdapter(Adapter):
     def encode_images(self, pixel_values: torch.Tensor):
         """Per image: projected features (N, d), CLS importance (N,), keys (N, dk)."""
         cfg = self.model.config
-        attn = self._tower().encoder.layers[self._vision_layer()].self_attn
-        with AttentionInputCapture(attn) as cap:
+        encoder = self._tower().encoder
+        attn = encoder.layers[self._vision_layer()].self_attn
+        read = hidden_state_indices(cfg.vision_feature_layer, len(encoder.layers))
+        with OutputCapture(attn.q_proj) as cq, OutputCapture(attn.k_proj) as ck, first_layers(encoder, self.vision_layers_run()):
             out = self.model.model.get_image_features(
                 pixel_values=pixel_values.to(self.model.device, self.model.dtype),
-                vision_feature_layer=cfg.vision_feature_layer,
+                vision_feature_layer=read[0] if isinstance(cfg.vision_feature_layer, int) else read,
                 vision_feature_select_strategy=cfg.vision_feature_select_strategy,
                 return_dict=True,
             )
-        x = cap.inputs
-        bsz, seq, _ = x.shape
-        q = attn.q_proj(x).view(bsz, seq, attn.num_heads, -1)
-        k = attn.k_proj(x).view(bsz, seq, attn.num_heads, -1)
+        bsz, seq, _ = ck.output.shape
+        q = cq.output[:, :1].view(bsz, 1, attn.num_heads, -1)
+        k = ck.output.view(bsz, seq, attn.num_heads, -1)
         importance = cls_attention(q, k, query_index=0)
         keys = k.flatten(2)
         if cfg.vision_feature_select_strategy == "default":
