@@ -22,12 +22,16 @@ def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
 
 
 def distinctive_anchors(features: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices (sorted) of the `count` density peaks among rows of `features` (M, d).
+    """Indices (sorted) of the `count` density peaks among rows of `features` (M, d)."""
+    return density_peaks(cosine_matrix(features), count)
+
+
+def density_peaks(sim: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices (sorted) of the `count` density peaks of a cosine matrix `sim` (M, M).
 
     R_i = sum_j C_ij;  delta_i = 1 - max{C_ij : R_j > R_i} (1 for the most central);
     score_i = R_i * delta_i.
     """
-    sim = cosine_matrix(features)
     rep = sim.sum(dim=1)
     more_central = rep[None, :] > rep[:, None]
     nearest_central = sim.masked_fill(~more_central, float("-inf")).amax(dim=1)
@@ -39,10 +43,10 @@ def uniform_anchors(num_tokens: int, count: int) -> torch.Tensor:
     return torch.linspace(0, num_tokens - 1, count).round().long()
 
 
-def merge_into_anchors(features: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-    """(M,) index into `anchors` of the anchor each row is most similar to; anchors map to themselves."""
-    x = F.normalize(features.float(), dim=-1)
-    owner = (x @ x[anchors].T).argmax(dim=1)
+def nearest_anchor(to_anchors: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """(M,) index into `anchors` of the anchor each row is most similar to, from the (M, A) cosine similarities
+    of every row to the anchors; anchors map to themselves."""
+    owner = to_anchors.argmax(dim=1)
     owner[anchors] = torch.arange(anchors.numel())
     return owner
 
@@ -64,7 +68,12 @@ def restore_assignment(
     m = n - k
     if m == 0:
         return Assignment.keep(kept, num)
-    feats = tokens.features[leftover]
-    local = distinctive_anchors(feats, m) if cfg.anchors == "distinctive" else uniform_anchors(len(leftover), m)
-    owner = merge_into_anchors(feats, local)
+    x = F.normalize(tokens.features[leftover].float(), dim=-1)
+    if cfg.anchors == "distinctive":
+        sim = x @ x.T  # one matrix serves both the peaks and the merge
+        local = density_peaks(sim, m)
+        owner = nearest_anchor(sim[:, local], local)
+    else:
+        local = uniform_anchors(len(leftover), m)
+        owner = nearest_anchor(x @ x[local].T, local)
     return Assignment.absorb(num, kept, leftover[local], leftover, owner)
