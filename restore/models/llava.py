@@ -53,9 +53,8 @@ class LlavaAdapter(Adapter):
         return len(layers) + vfl if vfl < 0 else max(vfl - 1, 0)
 
     def vision_layers_run(self) -> int:
-        encoder = self._tower().encoder
-        read = hidden_state_indices(self.model.config.vision_feature_layer, len(encoder.layers))
-        return max(*read, self._vision_layer() + 1)
+        depth = len(self._tower().encoder.layers)
+        return max(*hidden_state_indices(self.model.config.vision_feature_layer, depth), self._vision_layer() + 1)
 
     def _tower(self):
         tower = self.model.model.vision_tower

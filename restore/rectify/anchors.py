@@ -68,12 +68,14 @@ def restore_assignment(
     m = n - k
     if m == 0:
         return Assignment.keep(kept, num)
-    x = F.normalize(tokens.features[leftover].float(), dim=-1)
+    feats = tokens.features[leftover]
     if cfg.anchors == "distinctive":
-        sim = x @ x.T  # one matrix serves both the peaks and the merge
+        sim = cosine_matrix(feats)  # one matrix serves both the peaks and the merge
         local = density_peaks(sim, m)
-        owner = nearest_anchor(sim[:, local], local)
+        to_anchors = sim[:, local]
     else:
         local = uniform_anchors(len(leftover), m)
-        owner = nearest_anchor(x @ x[local].T, local)
+        x = F.normalize(feats.float(), dim=-1)
+        to_anchors = x @ x[local].T
+    owner = nearest_anchor(to_anchors, local)
     return Assignment.absorb(num, kept, leftover[local], leftover, owner)
