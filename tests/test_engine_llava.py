@@ -258,3 +258,17 @@ def test_tower_stops_at_the_layer_it_reads_and_scores_come_from_that_layer(engin
         assert torch.allclose(feats[i], stock.pooler_output[i], atol=1e-6)
         assert torch.allclose(imps[i], attn[i, 1:], atol=1e-6)
         assert torch.allclose(keys[i], k[i, 1:].flatten(1), atol=1e-6)
+
+
+def test_stock_model_still_works_after_the_engine_ran_the_tower_first():
+    # transformers hooks a tower's layers at its first call; if that call is the engine's shortened tower,
+    # the stock model's own later call must still see every layer's hidden state.
+    from tests.tiny import tiny_llava
+
+    model, processor = tiny_llava()
+    engine = Engine(model, processor)
+    engine.score([Request(PROMPT, [make_image(0)])])
+    inputs = processor(text=PROMPT, images=[make_image(0)], return_tensors="pt")
+    with torch.no_grad():
+        stock = model(**inputs).logits[0, -1]
+    assert torch.allclose(engine.score([Request(PROMPT, [make_image(0)])])[0], stock, atol=1e-5)

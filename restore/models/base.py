@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.utils.output_capturing import maybe_install_capturing_hooks
 
 from restore.rectify.calibration import RopeSpec
 from restore.request import Request
@@ -136,12 +137,15 @@ def hidden_state_indices(vision_feature_layer: int | list[int], depth: int) -> l
 
 
 @contextmanager
-def first_layers(encoder, count: int):
-    """Run only the first `count` layers of `encoder` inside the block. LLaVA-1.5 reads the second to last
-    layer's output, so the last layer would be computed and thrown away. The Engine runs one call at a time
+def first_layers(tower, encoder, count: int):
+    """Run only the first `count` layers of `tower`'s `encoder` inside the block. LLaVA-1.5 reads the second to
+    last layer's output, so the last layer would be computed and thrown away. The Engine runs one call at a time
     (Serve gives it one thread), which a temporary swap needs."""
     full = encoder.layers
     if count < len(full):
+        # transformers hooks the layers a tower has at its first call to record hidden states; hook them all
+        # now, or a later full-tower call (the stock model's own) would miss the layers cut here.
+        maybe_install_capturing_hooks(tower)
         encoder.layers = full[:count]
     try:
         yield

@@ -74,7 +74,9 @@ class LlavaAdapter(Adapter):
         encoder = self._tower().encoder
         attn = encoder.layers[self._vision_layer()].self_attn
         read = hidden_state_indices(cfg.vision_feature_layer, len(encoder.layers))
-        with OutputCapture(attn.q_proj) as cq, OutputCapture(attn.k_proj) as ck, first_layers(encoder, self.vision_layers_run()):
+        with OutputCapture(attn.q_proj) as cq, OutputCapture(attn.k_proj) as ck, first_layers(
+            self.model.model.vision_tower, encoder, self.vision_layers_run()
+        ):
             out = self.model.model.get_image_features(
                 pixel_values=pixel_values.to(self.model.device, self.model.dtype),
                 vision_feature_layer=read[0] if isinstance(cfg.vision_feature_layer, int) else read,
