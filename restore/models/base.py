@@ -153,24 +153,6 @@ def first_layers(tower, encoder, count: int):
         encoder.layers = full
 
 
-class AttentionInputCapture:
-    """Capture the hidden states entering one vision attention module (for CLS/key scores)."""
-
-    def __init__(self, module) -> None:
-        self.module = module
-        self.inputs: torch.Tensor | None = None
-
-    def __enter__(self):
-        def hook(mod, args, kwargs):
-            self.inputs = args[0] if args else kwargs["hidden_states"]
-
-        self._handle = self.module.register_forward_pre_hook(hook, with_kwargs=True)
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.remove()
-
-
 def cls_attention(q: torch.Tensor, k: torch.Tensor, query_index: int | None = 0) -> torch.Tensor:
     """(B, S) head-averaged attention of one query row on all keys; q, k (B, S, H, dh).
 

@@ -40,7 +40,7 @@ import torch
 
 from restore.models.base import (
     Adapter,
-    AttentionInputCapture,
+    OutputCapture,
     Prepared,
     cls_attention,
     split_runs,
@@ -117,12 +117,11 @@ class LlavaOnevisionAdapter(Adapter):
         layers = self._tower().encoder.layers
         return len(layers) + vfl if vfl < 0 else max(vfl - 1, 0)
 
-    def _scores(self, cap: AttentionInputCapture, attn) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per crop: mean-query importance (C, S) and keys (C, S, dk) of the captured layer."""
-        x = cap.inputs
-        bsz, seq, _ = x.shape
-        q = attn.q_proj(x).view(bsz, seq, attn.num_heads, -1)
-        k = attn.k_proj(x).view(bsz, seq, attn.num_heads, -1)
+    def _scores(self, cq: OutputCapture, ck: OutputCapture, attn) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per crop: mean-query importance (C, S) and keys (C, S, dk) from the layer's own q and k projections."""
+        bsz, seq, _ = ck.output.shape
+        q = cq.output.view(bsz, seq, attn.num_heads, -1)
+        k = ck.output.view(bsz, seq, attn.num_heads, -1)
         importance = cls_attention(q, k, query_index=None)
         keys = k.flatten(2).float()
         if self.model.config.vision_feature_select_strategy == "default":
@@ -137,7 +136,7 @@ class LlavaOnevisionAdapter(Adapter):
         cfg = self.model.config
         inner = self.model.model
         attn = self._tower().encoder.layers[self._vision_layer()].self_attn
-        with AttentionInputCapture(attn) as cap:
+        with OutputCapture(attn.q_proj) as cq, OutputCapture(attn.k_proj) as ck:
             out = inner.get_image_features(
                 pixel_values=crops.to(self.model.device, self.model.dtype),
                 image_sizes=image_sizes,
@@ -147,7 +146,7 @@ class LlavaOnevisionAdapter(Adapter):
                 batch_num_images=torch.tensor(batch_num_images),
                 return_dict=True,
             )
-        importance, keys = self._scores(cap, attn)
+        importance, keys = self._scores(cq, ck, attn)
         need_patching = [n == 1 for n in batch_num_images for _ in range(n)]
         counts = [
             image_size_to_num_patches(size, cfg.image_grid_pinpoints, cfg.vision_config.image_size) if patch else 1
@@ -172,14 +171,14 @@ class LlavaOnevisionAdapter(Adapter):
         inner = self.model.model
         attn = self._tower().encoder.layers[self._vision_layer()].self_attn
         frames = torch.cat(videos)  # every frame of every video, one tower call
-        with AttentionInputCapture(attn) as cap:
+        with OutputCapture(attn.q_proj) as cq, OutputCapture(attn.k_proj) as ck:
             out = inner.get_video_features(
                 pixel_values_videos=frames[None].to(self.model.device, self.model.dtype),
                 vision_feature_layer=cfg.vision_feature_layer,
                 vision_feature_select_strategy=cfg.vision_feature_select_strategy,
                 return_dict=True,
             )
-        importance, keys = self._scores(cap, attn)
+        importance, keys = self._scores(cq, ck, attn)
         imp = inner.apply_pooling(importance[..., None])[..., 0]  # (F, P)
         keys = inner.apply_pooling(keys)  # (F, P, dk)
         per_frame = imp.shape[1]
