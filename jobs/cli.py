@@ -14,6 +14,7 @@ from jobs import label, serve  # light at import time: Ray loads only when `rest
 
 def _reduction(args):
     from restore import ReductionConfig, RestoreConfig
+    from restore.plan import validate
 
     budget = None
     if args.budget is not None:
@@ -21,7 +22,7 @@ def _reduction(args):
     restore = RestoreConfig(
         enabled=not args.no_restore, gamma=args.gamma, positions=args.positions, calibration=args.calibration
     )
-    return ReductionConfig(method=args.method, budget=budget, restore=restore)
+    return validate(ReductionConfig(method=args.method, budget=budget, restore=restore))
 
 
 def _add_reduction_flags(p: argparse.ArgumentParser) -> None:
@@ -53,7 +54,7 @@ def cmd_run(args) -> int:
     engine = Engine.from_pretrained(args.model, reduction=_reduction(args), device=args.device, dtype=args.dtype)
     result = engine.generate([Request(args.prompt, [args.image])], max_new_tokens=args.max_new_tokens)[0]
     print(result.text)
-    print(json.dumps(result.stats, indent=2))
+    print(json.dumps(result.stats.as_dict(), indent=2))
     return 0
 
 
@@ -62,13 +63,13 @@ def cmd_demo(args) -> int:
     import random
 
     from restore import Engine, ReductionConfig, Request
+    from restore.prompts import DEFAULT_CAPTION_PROMPTS
     from restore.zoo import world
 
     scene = world.random_scene(random.Random(f"restore-demo:{args.seed}"))
     image = world.render(scene)
     engine = Engine.from_pretrained(args.model, device=args.device)
-    chat = getattr(engine.processor, "chat_template", None) is not None
-    prompt = "describe the image ." if chat else "<image> describe the image ."
+    prompt = engine.media_prompt(DEFAULT_CAPTION_PROMPTS["images"], 1)
     configs = [ReductionConfig()] + [
         ReductionConfig(method=m, budget=args.budget, restore={"enabled": on})
         for m in args.methods.split(",")
@@ -78,8 +79,8 @@ def cmd_demo(args) -> int:
     print(f"scene {args.seed}, true caption: {world.caption(scene)!r}")
     print(f"{'method':<10} {'restore':<8} {'tokens':>7} {'text'}")
     for c, r in zip(configs, results):
-        print(f"{c.method:<10} {str(r.stats['restore']):<8} {r.stats['kept_tokens']:>7} {r.text!r}")
-    print(f"batch of {len(configs)}: prefill {results[0].stats['prefill_ms']:.1f} ms, decode {results[0].stats['decode_ms']:.1f} ms")
+        print(f"{c.method:<10} {str(r.stats.restore):<8} {r.stats.kept_tokens:>7} {r.text!r}")
+    print(f"batch of {len(configs)}: prefill {results[0].stats.prefill_ms:.1f} ms, decode {results[0].stats.decode_ms:.1f} ms")
     return 0
 
 

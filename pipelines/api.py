@@ -20,6 +20,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _registered(v: ReductionConfig | None) -> ReductionConfig | None:
+    """A per-request reduction whose method is registered and whose layer/options fit it."""
+    from restore.plan import validate
+
+    return None if v is None else validate(v)
+
+
 class MediaURL(_Strict):
     url: str = Field(..., min_length=1, description="data: URI, s3:// or an allowed http(s) URL.")
     detail: str | None = Field(None, description="Accepted for compatibility; the model's processor sets resolution.")
@@ -63,6 +70,8 @@ class ChatRequest(_Strict):
     user: str | None = None
     restore: ReductionConfig | None = Field(None, description="Per-request reduction (ReductionConfig schema).")
 
+    check_restore = field_validator("restore")(_registered)
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, v):
@@ -92,11 +101,15 @@ class CaptionRequest(MediaInput):
     max_tokens: int | None = Field(None, ge=1)
     restore: ReductionConfig | None = None
 
+    check_restore = field_validator("restore")(_registered)
+
 
 class VQARequest(MediaInput):
     questions: list[str] = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     restore: ReductionConfig | None = None
+
+    check_restore = field_validator("restore")(_registered)
 
     @field_validator("questions")
     @classmethod
@@ -112,19 +125,19 @@ def completion_id() -> str:
 
 def restore_stats(stats: dict) -> dict:
     """The `restore` object of a response: what reduction did to this request."""
-    visual, kept, prefill = stats["visual_tokens"], stats["kept_tokens"], stats["prefill_ms"]
+    visual, kept, prefill = stats.visual_tokens, stats.kept_tokens, stats.prefill_ms
     return {
-        "method": stats["method"], "budget": stats["budget"], "restore": stats["restore"],
-        "visual_tokens": visual, "kept_tokens": kept, "prompt_tokens": stats["prompt_tokens"],
-        "prefill_ms": round(prefill, 3), "decode_ms": round(stats["decode_ms"], 3),
+        "method": stats.method, "budget": stats.budget, "restore": stats.restore,
+        "visual_tokens": visual, "kept_tokens": kept, "prompt_tokens": stats.prompt_tokens,
+        "prefill_ms": round(prefill, 3), "decode_ms": round(stats.decode_ms, 3),
         # Decoder FLOPs with every visual token over those of this prefill (Engine's full_prefill_ms_est).
-        "prefill_speedup_est": round(stats["full_prefill_ms_est"] / prefill, 3) if prefill else None,
-        "batch_size": stats["batch_size"],
+        "prefill_speedup_est": round(stats.full_prefill_ms_est / prefill, 3) if prefill else None,
+        "batch_size": stats.batch_size,
     }
 
 
 def finish_reason(result, max_tokens: int) -> str:
-    return "length" if result.stats["generated_tokens"] >= max_tokens else "stop"
+    return "length" if result.stats.generated_tokens >= max_tokens else "stop"
 
 
 def chat_response(model: str, result, max_tokens: int) -> dict:
@@ -140,8 +153,8 @@ def chat_response(model: str, result, max_tokens: int) -> dict:
 
 def usage(result) -> dict:
     s = result.stats
-    return {"prompt_tokens": s["prompt_tokens"], "completion_tokens": s["generated_tokens"],
-            "total_tokens": s["prompt_tokens"] + s["generated_tokens"]}
+    return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.generated_tokens,
+            "total_tokens": s.prompt_tokens + s.generated_tokens}
 
 
 def chunk(cid: str, model: str, created: int, delta: dict, finish: str | None = None, **extra) -> dict:

@@ -51,7 +51,6 @@ def run_loop(job, paths: list[str]) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     from pipelines.predictor import LabelPredictor
-    from pipelines.service import media_prompt
     from pipelines.sources import decode_image, read_bytes
     from restore import Engine, Request  # noqa: F401  (Engine: the model stack loads here, before the clock)
 
@@ -62,7 +61,7 @@ def run_loop(job, paths: list[str]) -> dict:
     t0 = time.perf_counter()
     predictor = LabelPredictor(job)  # the same Engine construction as an inference actor
     load_s = time.perf_counter() - t0
-    prompt = media_prompt(predictor.engine, job.default_prompt(), 1)
+    prompt = predictor.engine.media_prompt(job.default_prompt(), 1)
     chunks = [paths[i : i + job.batch_size] for i in range(0, len(paths), job.batch_size)]
     kept, decode_s, wait_s, generate_s, done_at = [], 0.0, 0.0, 0.0, []
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -79,7 +78,7 @@ def run_loop(job, paths: list[str]) -> dict:
                                                 max_new_tokens=job.max_new_tokens)
             generate_s += time.perf_counter() - t2
             done_at.append(time.perf_counter() - t0)
-            kept += [r.stats["kept_tokens"] for r in results]
+            kept += [r.stats.kept_tokens for r in results]
     wall = time.perf_counter() - t0
     after_first = len(paths) - len(chunks[0])
     steady = after_first / (done_at[-1] - done_at[0]) if len(done_at) > 1 else None

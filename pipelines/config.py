@@ -17,8 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from restore.config import ReductionConfig, RestoreConfig
-
-DEFAULT_CAPTION_PROMPTS = {"images": "describe the image .", "videos": "describe the video ."}
+from restore.prompts import DEFAULT_CAPTION_PROMPTS
 
 
 class JobConfigError(ValueError):
@@ -122,7 +121,9 @@ class LabelJob(BaseModel):
     # ------------------------------------------------------------------ derived
 
     def reduction(self) -> ReductionConfig:
-        return ReductionConfig(method=self.method, budget=self.budget, restore=RestoreConfig(enabled=self.restore))
+        from restore.plan import validate
+
+        return validate(ReductionConfig(method=self.method, budget=self.budget, restore=RestoreConfig(enabled=self.restore)))
 
     def default_prompt(self) -> str | None:
         """The prompt used for rows without their own question."""

@@ -19,7 +19,6 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.config import LabelJob
-from pipelines.service import media_prompt
 from pipelines.sources import decode_row, media_of
 
 logger = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ class LabelPredictor:
         from restore import Request
 
         media = media_of(row)
-        text = media_prompt(self.engine, row["prompt"], len(media))
+        text = self.engine.media_prompt(row["prompt"], len(media))
         if self.job.kind == "images":
             return Request(text, images=media)
         return Request(text, video=media, fps=row.get("fps"))
@@ -144,8 +143,8 @@ def result_fields(result) -> dict:
     """The OUTPUT_SCHEMA fields an engine `Result` fills: the answer and its token and timing stats."""
     s = result.stats
     return {
-        "answer": result.text, "visual_tokens": s["visual_tokens"], "kept_tokens": s["kept_tokens"],
-        "prompt_tokens": s["prompt_tokens"], "prefill_ms": s["prefill_ms"],
-        "full_prefill_ms_est": s["full_prefill_ms_est"], "decode_ms": s["decode_ms"],
-        "generated_tokens": s["generated_tokens"],
+        "answer": result.text, "visual_tokens": s.visual_tokens, "kept_tokens": s.kept_tokens,
+        "prompt_tokens": s.prompt_tokens, "prefill_ms": s.prefill_ms,
+        "full_prefill_ms_est": s.full_prefill_ms_est, "decode_ms": s.decode_ms,
+        "generated_tokens": s.generated_tokens,
     }

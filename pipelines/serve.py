@@ -29,11 +29,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines import api
-from pipelines.config import DEFAULT_CAPTION_PROMPTS
 from pipelines.fetch import MediaError, load_image, load_video
 from pipelines.predictor import result_fields
-from pipelines.service import ServeSettings, Service, media_prompt
+from pipelines.service import ServeSettings, Service
 from restore.config import GenerationConfig
+from restore.prompts import DEFAULT_CAPTION_PROMPTS
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ async def _chat_request(service: Service, body: api.ChatRequest):
     text = " ".join(t.strip() for t in texts if t.strip())
     count = len(pics) + (len(video.frames) if video else 0)
     request = Request(
-        media_prompt(service.engine, text, count), images=pics, video=video.frames if video else None,
+        service.engine.media_prompt(text, count), images=pics, video=video.frames if video else None,
         fps=video.fps if video else None, reduction=body.restore,
     )
     return request, _generation(service, body)
@@ -269,12 +269,12 @@ async def _rows(service: Service, body, task: str, prompts: list[str], worker: s
     if body.image is not None:
         ref = _media_reference(body.image, "image")
         image = await run_in_threadpool(load_image, ref, "image", s.fetch)
-        make = lambda p: Request(media_prompt(service.engine, p, 1), images=[image], reduction=body.restore)  # noqa: E731
+        make = lambda p: Request(service.engine.media_prompt(p, 1), images=[image], reduction=body.restore)  # noqa: E731
         uri = body.image if "://" in body.image[:16] else f"inline:{rid}"
     else:
         ref = _media_reference(body.video, "video")
         video = await run_in_threadpool(load_video, ref, "video", s.fetch, s.video_frames)
-        make = lambda p: Request(media_prompt(service.engine, p, len(video.frames)), video=video.frames,  # noqa: E731
+        make = lambda p: Request(service.engine.media_prompt(p, len(video.frames)), video=video.frames,  # noqa: E731
                                  fps=video.fps, reduction=body.restore)
         uri = body.video if "://" in body.video[:16] else f"inline:{rid}"
     results = await asyncio.gather(*(service.submit(make(p), generation) for p in prompts))
@@ -285,7 +285,7 @@ async def _rows(service: Service, body, task: str, prompts: list[str], worker: s
             "id": rid if len(prompts) == 1 else f"{rid}:{i}", "uri": uri, "task": task, "prompt": p,
             "model": s.model, "method": reduction.method,
             "budget": float(reduction.budget) if reduction.budget is not None else None,
-            "restore": bool(r.stats["restore"]), **result_fields(r), "status": "ok", "error": None, "worker": worker,
+            "restore": bool(r.stats.restore), **result_fields(r), "status": "ok", "error": None, "worker": worker,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(),
         })
     return rows

@@ -29,21 +29,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.fetch import FetchPolicy
 from restore.config import GenerationConfig, ReductionConfig
+from restore.prompts import DEFAULT_CAPTION_PROMPTS
 
 logger = logging.getLogger(__name__)
-
-
-def media_prompt(engine, text: str, count: int) -> str:
-    """The prompt for `count` images: as given when the processor has a chat template or the text has
-    placeholders; else one placeholder per image in front (LLaVA-1.5 takes a video's frames as images)."""
-    placeholder = getattr(engine.adapter, "image_token", "<image>")
-    if getattr(engine.processor, "chat_template", None) is not None or placeholder in text or not count:
-        return text
-    return " ".join([placeholder] * count + [text])
 
 
 class ServeSettings(BaseModel):
@@ -67,6 +59,13 @@ class ServeSettings(BaseModel):
     api_key: str | None = Field(None, description="Bearer key every route but health checks requires (None: open).")
     window_s: float = Field(30.0, gt=0, description="Window of the rates and speedup reported to the autoscaler.")
     calibrate: bool = Field(True, description="Time full and reduced prefill at start-up (the autoscaler's cost model).")
+
+    @field_validator("reduction")
+    @classmethod
+    def _registered(cls, v: ReductionConfig) -> ReductionConfig:
+        from restore.plan import validate
+
+        return validate(v)
 
     @model_validator(mode="after")
     def _defaults_within_limits(self):
@@ -152,16 +151,16 @@ class Service:
             out = []
             for _ in range(runs + 1):  # the first run warms up
                 t0 = time.perf_counter()
-                prompt = media_prompt(self.engine, "describe the image .", 1)
+                prompt = self.engine.media_prompt(DEFAULT_CAPTION_PROMPTS["images"], 1)
                 r = self.engine.generate([Request(prompt, [image], reduction=reduction)],
                                          max_new_tokens=8)[0]
                 out.append(((time.perf_counter() - t0) * 1e3, r.stats))
             return out[1:]
 
         f, r = timed(full), timed(reduced)
-        f_ms = statistics.median(s["prefill_ms"] for _, s in f)
-        r_ms = statistics.median(s["prefill_ms"] for _, s in r)
-        f_tok, r_tok = f[0][1]["prompt_tokens"], r[0][1]["prompt_tokens"]
+        f_ms = statistics.median(s.prefill_ms for _, s in f)
+        r_ms = statistics.median(s.prefill_ms for _, s in r)
+        f_tok, r_tok = f[0][1].prompt_tokens, r[0][1].prompt_tokens
         slope = max(0.0, (f_ms - r_ms) / (f_tok - r_tok)) if f_tok > r_tok else 0.0
         cal = Calibration(slope, statistics.median(ms for ms, _ in f), f_tok, r_tok)
         logger.info("calibration: %.4f ms per prefill token, full-token request %.1f ms", slope, cal.full_request_ms)
@@ -238,7 +237,7 @@ class Service:
 
     def _record(self, results, wall_s: float) -> None:
         slope = self.calibration.ms_per_token if self.calibration else 0.0
-        missing = sum(r.stats["visual_tokens"] - r.stats["kept_tokens"] for r in results)
+        missing = sum(r.stats.visual_tokens - r.stats.kept_tokens for r in results)
         self._batches.append(_Batch(time.monotonic(), len(results), wall_s, slope * missing / 1e3))
 
     def _trim(self, now: float) -> None:

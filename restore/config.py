@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PositionPolicy = Literal["original", "median", "compact"]
 CalibrationMode = Literal["off", "size", "size+distance"]
@@ -63,7 +63,11 @@ class RestoreConfig(_Strict):
 
 
 class ReductionConfig(_Strict):
-    """Which visual tokens the LLM sees, and how they are rectified."""
+    """Which visual tokens the LLM sees, and how they are rectified.
+
+    The fields are checked here; that `method` is registered and `layer`/`options` fit it is checked
+    by `restore.plan.validate` (the plan layer owns the method registry), which every entry point calls.
+    """
 
     method: str = Field(
         "none",
@@ -108,16 +112,6 @@ class ReductionConfig(_Strict):
             raise ValueError(f"a fractional budget must be a ratio in (0, 1), got {v}")
         return v
 
-    @model_validator(mode="after")
-    def _method_known(self) -> ReductionConfig:
-        from restore.methods import get_method
-
-        method = get_method(self.method)  # raises with the list of known names
-        method.layers(self.layer, method.validate_options(self.options))
-        if self.layer is not None and method.stage != "llm":
-            raise ValueError(f"layer is only meaningful for in-LLM methods; {self.method!r} acts {method.stage}")
-        return self
-
     @property
     def reduces(self) -> bool:
         return self.method != "none" and self.budget is not None
@@ -150,10 +144,26 @@ class GenerationConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """Where a model comes from and how it runs."""
+    """Where a model comes from and how it runs; `device` and `dtype` are resolved here, once."""
 
-    path: str = Field("default", description="'default', a local directory, a hub id in the local cache, or s3://.")
-    device: str = Field("cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'.")
+    path: str = Field("default", description="'default', a local directory, a hub id in the local cache, s3://, "
+                      "or random:ARCH.")
+    device: str = Field("cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1', or 'auto' (cuda when "
+                        "available).")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field(
         "auto", description="Weights dtype; 'auto' is bfloat16 on CUDA and float32 on CPU."
     )
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def torch_dtype(self):
+        import torch
+
+        if self.dtype == "auto":
+            return torch.bfloat16 if self.resolved_device().startswith("cuda") else torch.float32
+        return getattr(torch, self.dtype)

@@ -17,29 +17,23 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 
-from restore.config import GenerationConfig, ReductionConfig
+from restore.config import GenerationConfig, ModelConfig, ReductionConfig
 from restore.flops import prefill_flops, text_shapes
 from restore.hub import resolve_model_path
 from restore.models import adapter_for
 from restore.models.attention import ForwardContext, active, install
-from restore.plan import Plan, fit_layers
-from restore.request import Request, Result
+from restore.plan import Plan, fit_layers, validate
+from restore.prompts import media_prompt
+from restore.request import Request, Result, Stats
 from restore.sequence import Layout, SampleSeq, pad_batch, unpad
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """A torch dtype from a name ('auto': bfloat16 on CUDA, float32 elsewhere) or a dtype."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    try:
-        return _DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {dtype!r}") from None
+    return ModelConfig(device=device, dtype=dtype or "auto").torch_dtype()
 
 
 @dataclass
@@ -60,7 +54,7 @@ class Engine:
         self.model = model.eval()
         self.processor = processor
         self.adapter = adapter_for(model, processor)
-        self.reduction = reduction or ReductionConfig()
+        self.reduction = validate(reduction or ReductionConfig())
         install(model, self.adapter.text_model)
         self.rope = self.adapter.rope()
         self.shapes = text_shapes(model)
@@ -73,6 +67,8 @@ class Engine:
         device: str = "cpu",
         dtype: str | torch.dtype | None = "auto",
     ) -> Engine:
+        """Load a model: `device` may be 'auto' (cuda when available); `dtype` 'auto' (ModelConfig)."""
+        device = ModelConfig(path=path_or_id, device=device).resolved_device()
         torch_dtype = resolve_dtype(dtype, device)
         if path_or_id.startswith("random:"):
             from restore.archs import random_llava
@@ -87,6 +83,10 @@ class Engine:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    def media_prompt(self, text: str, count: int) -> str:
+        """A user's prompt for `count` images made ready for this model (`restore.prompts.media_prompt`)."""
+        return media_prompt(self.processor, self.adapter.image_token, text, count)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -194,28 +194,32 @@ class Engine:
             ids = tokens[i][: lengths[i]]
             sizes = torch.cat([seq.sizes[s.start : s.end] for s in seq.spans]) if seq.spans else torch.zeros(0)
             cfg = plans[i].config
-            stats = {
-                "method": cfg.method,
-                "budget": cfg.budget,
-                "restore": cfg.restore.enabled and cfg.reduces,
-                "visual_tokens": pre.visual[i],
-                "kept_tokens": int(sizes.numel()),
-                "size_min": float(sizes.min()) if sizes.numel() else 0.0,
-                "size_mean": float(sizes.mean()) if sizes.numel() else 0.0,
-                "size_max": float(sizes.max()) if sizes.numel() else 0.0,
-                "prompt_tokens": seq.length,
+            stats = Stats(
+                method=cfg.method,
+                budget=cfg.budget,
+                restore=cfg.restore.enabled and cfg.reduces,
+                visual_tokens=pre.visual[i],
+                kept_tokens=int(sizes.numel()),
+                size_min=float(sizes.min()) if sizes.numel() else 0.0,
+                size_mean=float(sizes.mean()) if sizes.numel() else 0.0,
+                size_max=float(sizes.max()) if sizes.numel() else 0.0,
+                prompt_tokens=seq.length,
                 **pre.timings,
-                "layer_tokens": pre.layer_tokens[i],
-                # What the prefill would have cost with every visual token, modelled by decoder FLOPs.
-                "full_prefill_ms_est": pre.timings["prefill_ms"]
-                * prefill_flops([pre.full_tokens[i]] * len(pre.layer_tokens[i]), self.shapes)
-                / prefill_flops(pre.layer_tokens[i], self.shapes),
-                "decode_ms": decode_ms,
-                "generated_tokens": len(ids),
-                "batch_size": len(plans),
-            }
+                layer_tokens=pre.layer_tokens[i],
+                full_prefill_ms_est=pre.timings["prefill_ms"] * self._full_over_run(pre.full_tokens[i], pre.layer_tokens[i]),
+                decode_ms=decode_ms,
+                generated_tokens=len(ids),
+                batch_size=len(plans),
+            )
             results.append(Result(text=self.text_of(ids, gen.stop), token_ids=ids, stats=stats))
         return results
+
+    def _full_over_run(self, full: int, layer_tokens: list[int]) -> float:
+        """Decoder FLOPs of a prefill with every visual token over those of the prefill as run: what the
+        prefill would have cost unreduced, modelled by FLOPs; exactly 1 when nothing was reduced."""
+        if all(n == full for n in layer_tokens):
+            return 1.0
+        return prefill_flops([full] * len(layer_tokens), self.shapes) / prefill_flops(layer_tokens, self.shapes)
 
     def _stage_builder(self, plans: list[Plan], state: dict):
         """Reduce the samples whose in-LLM method acts at `layer`, from the hidden states entering it."""

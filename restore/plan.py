@@ -17,6 +17,16 @@ from restore.sequence import SampleSeq
 PAPER_DEPTH = 32  # LLaVA-1.5-7B's decoder layers, where the in-LLM methods' default layers were chosen
 
 
+def validate(config: ReductionConfig) -> ReductionConfig:
+    """`config` when its method is registered and its layer and options fit that method; else a ValueError
+    naming the registered methods, the layer or the option at fault."""
+    method = get_method(config.method)  # raises with the list of known names
+    method.layers(config.layer, method.validate_options(config.options))
+    if config.layer is not None and method.stage != "llm":
+        raise ValueError(f"layer is only meaningful for in-LLM methods; {config.method!r} acts {method.stage}")
+    return config
+
+
 def scaled_layers(method: str, depth: int) -> dict:
     """ReductionConfig fields placing an in-LLM method's default layers at the same relative depth in a
     `depth`-layer model (distinct, ascending, within 1..depth-1); {} for pre-LLM methods."""
@@ -53,7 +63,7 @@ class Plan:
 
     @staticmethod
     def of(config: ReductionConfig) -> Plan:
-        method = get_method(config.method)
+        method = get_method(validate(config).method)
         return Plan(config=config, method=method, options=method.validate_options(config.options))
 
     @property

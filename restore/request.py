@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -31,11 +30,42 @@ class Request:
     chat: bool | None = None
 
 
+@dataclass(frozen=True)
+class Stats:
+    """What the engine measured for one request (the batch it ran in for the timings)."""
+
+    method: str  # reduction method ('none' keeps every token)
+    budget: int | float | None  # tokens kept per image (per frame for video) or a ratio; None keeps all
+    restore: bool  # RESTORE was in effect (requested and the method reduces)
+    visual_tokens: int  # before reduction, all images/frames of the request
+    kept_tokens: int  # what the LLM saw
+    size_min: float  # sizes (original tokens each kept token stands for)
+    size_mean: float
+    size_max: float
+    prompt_tokens: int  # sequence length the LLM prefilled (text + kept visual)
+    encode_ms: float  # vision tower of the batch
+    reduce_ms: float  # pre-LLM reduction of the batch
+    prefill_ms: float  # LLM prefill of the batch
+    layer_tokens: list[int]  # tokens each decoder layer ran on (in-LLM methods: all of them before K)
+    full_prefill_ms_est: float  # prefill_ms x decoder FLOPs with every visual token / as run (restore.flops)
+    decode_ms: float  # decode loop of the batch
+    generated_tokens: int
+    batch_size: int  # requests in the batch
+
+    @property
+    def prefill_speedup_est(self) -> float | None:
+        """Estimated full-token prefill time over the measured one."""
+        return self.full_prefill_ms_est / self.prefill_ms if self.prefill_ms else None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class Result:
     text: str
     token_ids: list[int]
-    stats: dict[str, Any]
+    stats: Stats
 
 
 def load_image(image: ImageLike, what: str) -> Image.Image:

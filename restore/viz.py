@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from restore.prompts import DEFAULT_CAPTION_PROMPTS
 from restore.rectify.assignment import Assignment
 from restore.request import ImageLike, load_image
 
@@ -180,7 +181,8 @@ def render_token_map(
         raise ValueError(f"render_token_map draws pre-LLM methods; {method!r} reduces inside the LLM")
     picture = load_image(image, "image")
     with torch.inference_mode():
-        prepared = adapter.prepare(Request(f"{adapter.image_token} describe the image .", [picture], chat=False), 0)
+        prompt = engine.media_prompt(DEFAULT_CAPTION_PROMPTS["images"], 1)
+        prepared = adapter.prepare(Request(prompt, [picture]), 0)
         seq = adapter.encode([prepared])[0]
     span = seq.spans[0]
     if span.grid is None:

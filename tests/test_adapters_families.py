@@ -9,17 +9,8 @@ import torch
 from restore import Engine, ReductionConfig, Request, RestoreConfig
 from restore.methods.base import ImageTokens
 from restore.plan import Plan
-from tests.conftest import make_image
-from tests.tiny import tiny_onevision, tiny_qwen2_5_vl
-
-QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
-QWEN_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
-
-FAMILIES = {
-    # factory, image placeholder, video placeholder as written in prompts
-    "qwen2_5_vl": (tiny_qwen2_5_vl, QWEN_IMAGE, QWEN_VIDEO),
-    "llava_onevision": (tiny_onevision, "<image>", "<video>"),
-}
+from tests.helpers.images import frames, make_image
+from tests.helpers.tiny import FAMILIES, QWEN_IMAGE, QWEN_VIDEO, tiny_qwen2_5_vl
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -27,10 +18,6 @@ def family(request):
     factory, image, video = FAMILIES[request.param]
     model, processor = factory()
     return request.param, model, processor, Engine(model, processor), image, video
-
-
-def frames(n: int, seed: int = 0, size=(56, 56)):
-    return [make_image(seed + i, size) for i in range(n)]
 
 
 def image_request(img: str, **kw) -> Request:
@@ -95,7 +82,7 @@ def test_reduction_keeps_budget_per_image(family, method, restore):
             assert after.length == 3 * before.frames  # per image; per frame (pair, for Qwen) for video
             assert before.importance.shape == (before.length,) and torch.isfinite(before.importance).all()
     results = engine.generate(requests, max_new_tokens=3)
-    assert [r.stats["kept_tokens"] for r in results] == [sum(3 * s.frames for s in seq.spans) for seq in seqs]
+    assert [r.stats.kept_tokens for r in results] == [sum(3 * s.frames for s in seq.spans) for seq in seqs]
     assert all(len(r.token_ids) <= 3 for r in results)
 
 
@@ -112,7 +99,7 @@ def test_batch_invariance_mixed_requests(family):
     for i, request in enumerate(mixed):
         assert engine.generate([request], max_new_tokens=6)[0].token_ids == batched[i].token_ids
         assert torch.allclose(engine.score([request])[0], logits[i], atol=1e-4)
-    assert batched[1].stats["kept_tokens"] == 8
+    assert batched[1].stats.kept_tokens == 8
 
 
 def test_qwen_positions_after_reduction():

@@ -10,7 +10,7 @@ from restore.methods.base import ImageTokens
 from restore.methods.holov import allocate, crop_ids
 from restore.methods.pool import _cells
 from restore.rectify.assignment import Assignment
-from tests.tokens import check_indices, make_tokens, run_select
+from tests.helpers.tokens import check_indices, make_tokens, run_select
 
 SELECTORS = ["visionzip", "divprune", "vispruner", "holov", "fastv", "random", "pool"]
 

@@ -1,3 +1,4 @@
+
 """`python -m pipelines.bench_throughput` end to end on a few images: table and JSON schema, never timings.
 
 It runs in its own interpreter because the benchmark starts and stops its own local Ray.
@@ -7,6 +8,10 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[1]
 

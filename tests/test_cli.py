@@ -3,7 +3,7 @@
 import json
 
 from jobs.cli import main
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 
 def test_methods_lists_every_registered_method(capsys):

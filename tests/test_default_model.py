@@ -8,7 +8,7 @@ from restore.engine import Engine
 from restore.hub import DEFAULT_MODEL_DIR
 from restore.request import Request
 from restore.zoo import world
-from tests.scenes import HAND
+from tests.helpers.scenes import HAND
 
 # Questions about tests.scenes.HAND (a large red circle top left, a small red square in the centre,
 # a large blue triangle bottom right, the digit 7 top right) with the answers the world defines.
@@ -49,4 +49,4 @@ def test_default_model_answers_fixed_questions_offline(offline_engine):
     results = offline_engine.generate([Request(q, images=[image]) for q, _ in FIXED], max_new_tokens=4)
     answers = [world.normalise(r.text) for r in results]
     assert answers == [a for _, a in FIXED]
-    assert all(r.stats["visual_tokens"] == world.GRID**2 for r in results)
+    assert all(r.stats.visual_tokens == world.GRID**2 for r in results)

@@ -5,8 +5,8 @@ import torch
 
 from restore import Engine, ReductionConfig, Request, RestoreConfig
 from restore.methods.base import ImageTokens
-from restore.plan import Plan
-from tests.conftest import make_image
+from restore.plan import Plan, validate
+from tests.helpers.images import make_image
 
 PROMPT = "<image> what is in the image ?"
 
@@ -47,8 +47,8 @@ def test_batch_invariance_mixed_requests(engine):
     logits = engine.score(MIXED)
     for i, request in enumerate(MIXED):
         assert torch.allclose(engine.score([request])[0], logits[i], atol=1e-4)
-    assert [r.stats["kept_tokens"] for r in batched] == [9, 8, 9, 36]
-    assert batched[1].stats["visual_tokens"] == 72
+    assert [r.stats.kept_tokens for r in batched] == [9, 8, 9, 36]
+    assert batched[1].stats.visual_tokens == 72
 
 
 def test_restore_changes_logits_and_gamma1_off_compact_equals_base(engine):
@@ -87,14 +87,14 @@ def test_positions_after_reduction(engine):
 def test_budget_larger_than_image_keeps_all_unless_strict(engine):
     image = make_image(10)
     loose = engine.generate([Request(PROMPT, [image], reduction=ReductionConfig(method="random", budget=500))], max_new_tokens=2)
-    assert loose[0].stats["kept_tokens"] == 36
+    assert loose[0].stats.kept_tokens == 36
     with pytest.raises(ValueError, match="larger than the 36 visual tokens"):
         engine.generate([Request(PROMPT, [image], reduction=ReductionConfig(method="random", budget=500, strict_budget=True))])
 
 
 def test_bad_inputs_get_clear_errors(engine, tmp_path):
     with pytest.raises(ValueError, match="unknown method 'nope'"):
-        ReductionConfig(method="nope")
+        validate(ReductionConfig(method="nope"))
     for bad in [0, -3, 1.5]:
         with pytest.raises(ValueError, match="budget"):
             ReductionConfig(method="random", budget=bad)
@@ -130,7 +130,7 @@ def test_fastv_in_llm_infinite_budget_equals_stock(engine):
         red = ReductionConfig(method="fastv", budget=10_000, restore=RestoreConfig(enabled=on))
         out = engine.generate([Request(PROMPT, [make_image(12)], reduction=red)], max_new_tokens=8)[0]
         assert out.token_ids == stock.token_ids
-        assert out.stats["kept_tokens"] == 36
+        assert out.stats.kept_tokens == 36
 
 
 def test_fastv_batches_with_other_layers_and_cache_holds_what_each_layer_saw(engine):
@@ -142,7 +142,7 @@ def test_fastv_batches_with_other_layers_and_cache_holds_what_each_layer_saw(eng
     batched = engine.generate(requests, max_new_tokens=6)
     for request, result in zip(requests, batched):
         assert engine.generate([request], max_new_tokens=6)[0].token_ids == result.token_ids
-    assert [r.stats["kept_tokens"] for r in batched] == [9, 10, 4]
+    assert [r.stats.kept_tokens for r in batched] == [9, 10, 4]
 
     plans = [Plan.of(requests[0].reduction)]
     pre = engine._prefill([engine.adapter.prepare(requests[0], 0)], plans)
@@ -165,21 +165,21 @@ def test_pyramiddrop_stages_shrink_geometrically_and_cache_follows(engine):
     request = Request(PROMPT, [make_image(18)], reduction=red)
     out = engine.generate([request, Request(PROMPT, [make_image(19)])], max_new_tokens=4)
     assert out[0].token_ids == engine.generate([request], max_new_tokens=4)[0].token_ids
-    assert out[0].stats["kept_tokens"] == 4
+    assert out[0].stats.kept_tokens == 4
     pre = engine._prefill([engine.adapter.prepare(request, 0)], [Plan.of(red)])
     text = pre.seqs[0].length - 4
     # 36 visual tokens -> round(36 * (4/36)^(1/2)) = 12 at layer 1 -> 4 at layer 2.
     assert [pre.cache.layers[i].keys.shape[2] for i in range(3)] == [text + 36, text + 12, text + 4]
-    assert out[0].stats["size_mean"] * 4 == pytest.approx(36)  # RESTORE merged what each stage dropped
+    assert out[0].stats.size_mean * 4 == pytest.approx(36)  # RESTORE merged what each stage dropped
 
 
 def test_in_llm_layer_beyond_model_depth_is_an_error(engine):
     with pytest.raises(ValueError, match="beyond this model's 3 decoder layers"):
         engine.generate([Request(PROMPT, [make_image(0)], reduction=ReductionConfig(method="fastv", budget=4, layer=3))])
     with pytest.raises(ValueError, match="options.layers"):
-        ReductionConfig(method="pyramiddrop", budget=4, layer=2)
+        validate(ReductionConfig(method="pyramiddrop", budget=4, layer=2))
     with pytest.raises(ValueError, match="ascending"):
-        ReductionConfig(method="pyramiddrop", budget=4, options={"layers": [2, 1]})
+        validate(ReductionConfig(method="pyramiddrop", budget=4, options={"layers": [2, 1]}))
 
 
 def test_full_prefill_estimate_counts_each_layer_at_the_length_it_saw(engine):
@@ -187,18 +187,18 @@ def test_full_prefill_estimate_counts_each_layer_at_the_length_it_saw(engine):
 
     shapes, depth = engine.shapes, engine.shapes["layers"]
     full = engine.generate([Request(PROMPT, [make_image(8)])], max_new_tokens=1)[0].stats
-    assert full["full_prefill_ms_est"] == full["prefill_ms"]  # nothing reduced: estimate = measurement
-    n_full = full["prompt_tokens"]
-    assert full["layer_tokens"] == [n_full] * depth
+    assert full.full_prefill_ms_est == full.prefill_ms  # nothing reduced: estimate = measurement
+    n_full = full.prompt_tokens
+    assert full.layer_tokens == [n_full] * depth
     for cfg, lengths in [
         (ReductionConfig(method="visionzip", budget=9), lambda kept: [kept] * depth),
         # FastV at K=2: layers 0 and 1 ran every token, so they save nothing.
         (ReductionConfig(method="fastv", budget=9, layer=2), lambda kept: [n_full] * 2 + [kept] * (depth - 2)),
     ]:
         s = engine.generate([Request(PROMPT, [make_image(8)], reduction=cfg)], max_new_tokens=1)[0].stats
-        assert s["layer_tokens"] == lengths(s["prompt_tokens"])
-        ratio = prefill_flops([n_full] * depth, shapes) / prefill_flops(lengths(s["prompt_tokens"]), shapes)
-        assert s["full_prefill_ms_est"] == pytest.approx(s["prefill_ms"] * ratio)
+        assert s.layer_tokens == lengths(s.prompt_tokens)
+        ratio = prefill_flops([n_full] * depth, shapes) / prefill_flops(lengths(s.prompt_tokens), shapes)
+        assert s.full_prefill_ms_est == pytest.approx(s.prefill_ms * ratio)
         assert ratio > 1
 
 
@@ -215,11 +215,11 @@ def test_default_in_llm_layers_fit_a_shallow_model(engine):
     depth = engine.shapes["layers"]
     s = engine.generate([Request(PROMPT, [make_image(8)], reduction=ReductionConfig(method="fastv", budget=9))],
                         max_new_tokens=1)[0].stats
-    n_full = s["prompt_tokens"] - s["kept_tokens"] + s["visual_tokens"]
-    lengths = [n_full] + [s["prompt_tokens"]] * (depth - 1)
-    assert s["layer_tokens"] == lengths
+    n_full = s.prompt_tokens - s.kept_tokens + s.visual_tokens
+    lengths = [n_full] + [s.prompt_tokens] * (depth - 1)
+    assert s.layer_tokens == lengths
     ratio = prefill_flops([n_full] * depth, engine.shapes) / prefill_flops(lengths, engine.shapes)
-    assert s["full_prefill_ms_est"] == pytest.approx(s["prefill_ms"] * ratio)
+    assert s.full_prefill_ms_est == pytest.approx(s.prefill_ms * ratio)
     # ... and a layer the user set beyond the model still fails, naming the field.
     with pytest.raises(ValueError, match="ReductionConfig.layer"):
         engine.generate([Request(PROMPT, [make_image(8)], reduction=ReductionConfig(method="fastv", budget=9, layer=5))],
@@ -263,7 +263,7 @@ def test_tower_stops_at_the_layer_it_reads_and_scores_come_from_that_layer(engin
 def test_stock_model_still_works_after_the_engine_ran_the_tower_first():
     # transformers hooks a tower's layers at its first call; if that call is the engine's shortened tower,
     # the stock model's own later call must still see every layer's hidden state.
-    from tests.tiny import tiny_llava
+    from tests.helpers.tiny import tiny_llava
 
     model, processor = tiny_llava()
     engine = Engine(model, processor)

@@ -24,6 +24,8 @@ from pipelines.demo import encode_mp4
 from pipelines.predictor import OUTPUT_SCHEMA
 from restore.zoo.world import scene_image
 
+pytestmark = [pytest.mark.ray, pytest.mark.s3]
+
 MODEL = "random:llava-tiny"  # 24 px images, 4 px patches: 36 visual tokens per image or frame
 GOOD_IMAGES = 5
 BAD_IMAGES = {"corrupt.jpg": "not a decodable image", "empty.png": "empty file", "notes.png": "cannot identify image"}

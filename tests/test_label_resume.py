@@ -24,6 +24,8 @@ from pipelines.config import LabelJob
 from pipelines.predictor import OUTPUT_SCHEMA, LabelPredictor
 from restore.zoo.world import scene_image
 
+pytestmark = [pytest.mark.ray]
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "random:llava-tiny"
 N_IMAGES = 10

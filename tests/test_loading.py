@@ -5,7 +5,7 @@ import os
 import pytest
 
 from restore import Engine, ReductionConfig, Request
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 PROMPT = "<image> what is in the image ?"
 
@@ -24,7 +24,7 @@ def test_local_folder_loads_and_matches(llava, saved_model):
     loaded = Engine.from_pretrained(str(saved_model), reduction=ReductionConfig(method="divprune", budget=9))
     out = loaded.generate([Request(PROMPT, [make_image(0)], reduction=ReductionConfig())], max_new_tokens=5)[0]
     assert out.token_ids == direct.token_ids
-    assert loaded.generate([Request(PROMPT, [make_image(0)])], max_new_tokens=2)[0].stats["kept_tokens"] == 9
+    assert loaded.generate([Request(PROMPT, [make_image(0)])], max_new_tokens=2)[0].stats.kept_tokens == 9
 
 
 def test_missing_paths_are_named(tmp_path):
@@ -50,6 +50,7 @@ def s3_server(monkeypatch):
     server.stop()
 
 
+@pytest.mark.s3
 def test_s3_prefix_downloads_once_and_loads(s3_server, saved_model, tmp_path, monkeypatch):
     import fsspec
 
@@ -59,7 +60,7 @@ def test_s3_prefix_downloads_once_and_loads(s3_server, saved_model, tmp_path, mo
     for name in os.listdir(saved_model):
         fs.put(str(saved_model / name), f"models/tiny-llava/{name}")
     engine = Engine.from_pretrained("s3://models/tiny-llava")
-    assert engine.generate([Request(PROMPT, [make_image(1)])], max_new_tokens=3)[0].stats["visual_tokens"] == 36
+    assert engine.generate([Request(PROMPT, [make_image(1)])], max_new_tokens=3)[0].stats.visual_tokens == 36
     cached = list((tmp_path / "cache" / "s3").iterdir())
     assert len(cached) == 1 and (cached[0] / ".complete").exists()
     with pytest.raises(FileNotFoundError, match="no objects under s3://models/absent"):

@@ -5,8 +5,8 @@ import torch
 
 from restore import Engine, ReductionConfig, Request, RestoreConfig
 from restore.methods import available
-from tests.conftest import make_image
-from tests.tiny import tiny_reduction
+from tests.helpers.images import make_image
+from tests.helpers.tiny import tiny_reduction
 
 METHODS = [m.name for m in available() if m.name != "none"]
 PROMPT = "<image> what is in the image ?"
@@ -28,12 +28,12 @@ def test_method_keeps_budget_is_deterministic_and_batch_invariant(engine, method
     first = engine.generate(requests, max_new_tokens=4)
     again = engine.generate(requests, max_new_tokens=4)
     assert [r.token_ids for r in first] == [r.token_ids for r in again]
-    assert [r.stats["kept_tokens"] for r in first] == [12, 5, 14]
+    assert [r.stats.kept_tokens for r in first] == [12, 5, 14]
     for request, result in zip(requests, first):
         assert engine.generate([request], max_new_tokens=4)[0].token_ids == result.token_ids
     if restore_on:
         # Prune-then-merge drops nothing: sizes of the reduced tokens add up to N per image.
-        assert first[0].stats["size_mean"] * 12 == pytest.approx(36)
+        assert first[0].stats.size_mean * 12 == pytest.approx(36)
 
 
 def test_restore_gamma_one_without_calibration_equals_plain_pruning(engine):

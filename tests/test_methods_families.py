@@ -4,8 +4,8 @@ import pytest
 
 from restore import Engine, Request
 from restore.methods import available
-from tests.test_adapters_families import FAMILIES, frames
-from tests.tiny import tiny_reduction
+from tests.helpers.images import frames
+from tests.helpers.tiny import FAMILIES, tiny_reduction
 
 METHODS = [m.name for m in available() if m.name != "none"]
 
@@ -26,8 +26,8 @@ def test_method_on_images_and_video(family, method, restore_on):
                 reduction=tiny_reduction(method, 0.25, restore_on)),
     ]
     batched = engine.generate(requests, max_new_tokens=2)
-    assert batched[0].stats["kept_tokens"] == 4
-    assert batched[1].stats["kept_tokens"] == max(1, round(0.25 * batched[1].stats["visual_tokens"]))
+    assert batched[0].stats.kept_tokens == 4
+    assert batched[1].stats.kept_tokens == max(1, round(0.25 * batched[1].stats.visual_tokens))
     assert [r.token_ids for r in engine.generate(requests, max_new_tokens=2)] == [r.token_ids for r in batched]
     for request, result in zip(requests, batched):
         assert engine.generate([request], max_new_tokens=2)[0].token_ids == result.token_ids
@@ -45,11 +45,11 @@ def test_in_llm_method_with_infinite_budget_is_the_stock_model(family, method, r
     red = tiny_reduction(method, 100_000, restore_on)
     out = engine.generate([Request(prompt, frames(1, seed=5)[:1], reduction=red)], max_new_tokens=6)[0]
     assert out.token_ids == stock.token_ids
-    assert out.stats["kept_tokens"] == out.stats["visual_tokens"]
+    assert out.stats.kept_tokens == out.stats.visual_tokens
 
 
 def test_in_llm_methods_with_infinite_budget_on_llava(llava):
-    from tests.conftest import make_image
+    from tests.helpers.images import make_image
 
     engine = Engine(*llava)
     prompt = "<image> what is in the image ?"

@@ -10,7 +10,7 @@ from restore.methods.base import ImageTokens
 from restore.methods.pool import _cells
 from restore.methods.prumerge import iqr_outliers
 from restore.rectify.assignment import Assignment
-from tests.tokens import check_indices, make_tokens, run_reduce, run_select
+from tests.helpers.tokens import check_indices, make_tokens, run_reduce, run_select
 
 NEW = ["prumerge_plus", "tome", "dart", "sparsevlm"]
 MERGERS = ["prumerge_plus", "tome", "sparsevlm"]

@@ -75,6 +75,7 @@ def server(service):
     thread.join(10)
 
 
+@pytest.mark.serve
 def test_openai_client_text_and_image(server, service):
     oa = openai.OpenAI(base_url=f"{server}/v1", api_key="sekret", max_retries=0)
     assert [m.id for m in oa.models.list()] == ["random:llava-tiny"]
@@ -85,7 +86,7 @@ def test_openai_client_text_and_image(server, service):
     ref = service.engine.generate([Request("<image> what is in the image ?", [base64.b64decode(png_b64())],
                                            reduction=service.settings.reduction)], max_new_tokens=3)[0]
     assert out.choices[0].message.content == ref.text
-    assert out.usage.completion_tokens == len(ref.token_ids) and out.usage.prompt_tokens == ref.stats["prompt_tokens"]
+    assert out.usage.completion_tokens == len(ref.token_ids) and out.usage.prompt_tokens == ref.stats.prompt_tokens
     extra = out.model_extra["restore"]
     assert extra["visual_tokens"] == 36 and extra["kept_tokens"] == 8 and extra["method"] == "divprune"
     stream = oa.chat.completions.create(
@@ -180,8 +181,8 @@ def test_concurrent_requests_share_a_batch_with_their_own_settings(service):
         return await asyncio.gather(*(service.submit(r, GenerationConfig(max_new_tokens=2)) for r in requests))
 
     results = asyncio.run(go())
-    assert [r.stats["kept_tokens"] for r in results] == [2, 3, 4]
-    assert {r.stats["batch_size"] for r in results} == {3}
+    assert [r.stats.kept_tokens for r in results] == [2, 3, 4]
+    assert {r.stats.batch_size for r in results} == {3}
     stats = service.autoscaling_stats()
     assert stats["arrival_rate"] > 0 and stats["service_rate"] > 0 and stats["speedup"] == pytest.approx(1.0)
 
@@ -202,6 +203,7 @@ def test_calibration_prices_the_missing_tokens(service):
     assert stats["full_rate"] == pytest.approx(1 / (wall + 0.5 * (36 - 8) / 1e3))
 
 
+@pytest.mark.serve
 def test_load_test_script_reports_each_level(tmp_path):
     from pipelines.bench_serve import main
 

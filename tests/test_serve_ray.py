@@ -21,6 +21,8 @@ serve = pytest.importorskip("ray.serve")
 from pipelines.serve import DeploymentSettings, deployment  # noqa: E402
 from pipelines.service import ServeSettings  # noqa: E402
 
+pytestmark = [pytest.mark.ray, pytest.mark.serve]
+
 APP = "restore-test"
 
 

@@ -10,9 +10,8 @@ from restore.methods import get_method
 from restore.methods.base import ImageTokens
 from restore.plan import Plan
 from restore.rectify.anchors import restore_assignment
-from tests.conftest import make_image
-from tests.test_adapters_families import FAMILIES, frames
-from tests.tiny import tiny_llava, tiny_reduction
+from tests.helpers.images import frames, make_image
+from tests.helpers.tiny import FAMILIES, tiny_llava, tiny_reduction
 
 TEMPORAL = get_method("temporal")
 T, H, W = 8, 3, 4
@@ -173,7 +172,7 @@ def test_engine_video_static_and_moving(family, restore_on):
     seqs = engine.adapter.encode([engine.adapter.prepare(r, i) for i, r in enumerate(requests)])
     spans = [seq.spans[0] for seq in seqs]
     first = engine.generate(requests, max_new_tokens=3)
-    assert [r.stats["kept_tokens"] for r in first] == [
+    assert [r.stats.kept_tokens for r in first] == [
         2 * spans[0].frames, max(1, round(0.3 * spans[1].length)), 3
     ]
     assert [r.token_ids for r in engine.generate(requests, max_new_tokens=3)] == [r.token_ids for r in first]
@@ -203,7 +202,7 @@ def test_llava_frames_as_images_degenerate_and_keep_budget(llava, restore_on):
     seq = engine.adapter.encode([engine.adapter.prepare(request, 0)])[0]
     assert [s.frames for s in seq.spans] == [1, 1, 1]  # each image its own single-frame span
     first = engine.generate([request], max_new_tokens=3)[0]
-    assert first.stats["kept_tokens"] == 15
+    assert first.stats.kept_tokens == 15
     assert engine.generate([request], max_new_tokens=3)[0].token_ids == first.token_ids
     spatial = Request(request.prompt, clip, reduction=tiny_reduction("divprune", 5, restore_on))
     assert torch.allclose(engine.score([request]), engine.score([spatial]))
@@ -226,4 +225,4 @@ def test_llava_video_frames_form_one_clip_span():
     out = Plan.of(rc).apply(seqs[0], [s.importance for s in seqs[0].spans])
     assert out.spans[0].length == 5 * 4  # the budget is per frame
     result = engine.generate([Request(adjacent.prompt, video=clip, reduction=rc)], max_new_tokens=2)[0]
-    assert result.stats["kept_tokens"] == 20
+    assert result.stats.kept_tokens == 20

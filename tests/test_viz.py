@@ -13,7 +13,7 @@ from jobs.cli import main
 from restore import Engine
 from restore.rectify.assignment import Assignment
 from restore.viz import render_token_map, token_map
-from tests.conftest import make_image
+from tests.helpers.images import make_image
 
 GREY = (128, 128, 128)
 CELL = 10

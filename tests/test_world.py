@@ -8,7 +8,7 @@ import pytest
 from restore.zoo import architecture, world
 from restore.zoo.train import DESCRIPTIVE, encode, gather_targets, look_targets, sample_batch
 from restore.zoo.world import Clip, Scene
-from tests.scenes import HAND
+from tests.helpers.scenes import HAND
 
 
 class Always:

@@ -3,7 +3,7 @@
 One model, one process. Settings: every visual token (method `none`); each base
 method at each budget as its authors ran it (`RestoreConfig(enabled=False)`);
 the same with RESTORE. Each setting runs at each batch size on generated scenes
-with the prompt "<image> describe the image .". Order: one warm-up round, one
+with the default caption prompt placed by `Engine.media_prompt`. Order: one warm-up round, one
 memory round (peak memory per setting, untimed), then `--runs` timed rounds (one
 count, or one per batch size) with the settings interleaved inside each round and
 the order reversed every other round (A B C, C B A, ...), so that drift in a shared
@@ -45,11 +45,11 @@ from restore.engine import Engine, resolve_dtype
 from restore.flops import prefill_flops
 from restore.methods import get_method
 from restore.plan import Plan, fit_layers
+from restore.prompts import DEFAULT_CAPTION_PROMPTS
 from restore.request import Request
 
 logger = logging.getLogger(__name__)
 
-PROMPT = "<image> describe the image ."
 
 
 # --------------------------------------------------------------------------- settings
@@ -221,16 +221,16 @@ def _once(engine: Engine, requests: list[Request], max_new_tokens: int) -> dict:
     s = results[0].stats  # timings are per batch; token counts are equal across this batch
     return {
         "wall_s": wall,
-        "encode_ms": s["encode_ms"],
-        "reduce_ms": s["reduce_ms"],
-        "llm_prefill_ms": s["prefill_ms"],
-        "prefill_ms": s["encode_ms"] + s["reduce_ms"] + s["prefill_ms"],
-        "decode_ms": s["decode_ms"],
-        "generated_tokens": min(r.stats["generated_tokens"] for r in results),
-        "visual_tokens": s["visual_tokens"],
-        "kept_tokens": s["kept_tokens"],
-        "prompt_tokens": s["prompt_tokens"],
-        "layer_tokens": s["layer_tokens"],
+        "encode_ms": s.encode_ms,
+        "reduce_ms": s.reduce_ms,
+        "llm_prefill_ms": s.prefill_ms,
+        "prefill_ms": s.encode_ms + s.reduce_ms + s.prefill_ms,
+        "decode_ms": s.decode_ms,
+        "generated_tokens": min(r.stats.generated_tokens for r in results),
+        "visual_tokens": s.visual_tokens,
+        "kept_tokens": s.kept_tokens,
+        "prompt_tokens": s.prompt_tokens,
+        "layer_tokens": s.layer_tokens,
     }
 
 
@@ -257,8 +257,10 @@ def measure(engine: Engine, settings: list[Setting], batch_sizes: list[int], run
     images = [scene_image(i, 336) for i in range(max(batch_sizes))]
     combos = [(s, b) for b in batch_sizes for s in settings]
 
+    prompt = engine.media_prompt(DEFAULT_CAPTION_PROMPTS["images"], 1)
+
     def requests(setting: Setting, bsz: int) -> list[Request]:
-        return [Request(PROMPT, [images[i]], reduction=setting.config) for i in range(bsz)]
+        return [Request(prompt, [images[i]], reduction=setting.config) for i in range(bsz)]
 
     logger.info("warm-up: %d settings x batch sizes", len(combos))
     for s, b in combos:
@@ -499,7 +501,7 @@ def _main(args: argparse.Namespace) -> dict:
         "text_shapes": shapes,
         "weights_bytes": sum(p.numel() * p.element_size() for p in engine.model.parameters()),
         "peak_memory_measure": PeakMemory(dev).how + ", above the level before each call",
-        "prompt": PROMPT,
+        "prompt": engine.media_prompt(DEFAULT_CAPTION_PROMPTS["images"], 1),
         "runs": {str(b): n for b, n in args.runs.items()},  # per batch size
         "max_new_tokens": args.max_new_tokens,
         "torch": torch.__version__,

@@ -48,6 +48,11 @@ class Adapter:
     def lm_head(self):
         return self.model.lm_head
 
+    @property
+    def image_token(self) -> str:
+        """The image placeholder prompts carry."""
+        return getattr(self.processor, "image_token", "<image>")
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
 
@@ -162,28 +167,3 @@ def cls_attention(q: torch.Tensor, k: torch.Tensor, query_index: int | None = 0)
     qrow = q.mean(dim=1) if query_index is None else q[:, query_index]  # (B, H, dh)
     logits = torch.einsum("bhd,bshd->bhs", qrow.float(), k.float()) * q.shape[-1] ** -0.5
     return torch.softmax(logits, dim=-1).mean(dim=1)
-
-
-def build_prompt(adapter: Adapter, request: Request, num_images: int, index: int, placeholder: str) -> str:
-    """The text the processor gets: the prompt as given, or the chat template around it."""
-    count = request.prompt.count(placeholder)
-    template = getattr(adapter.processor, "chat_template", None)
-    use_chat = request.chat
-    if use_chat is None:
-        use_chat = count == 0 and num_images > 0 and template is not None
-    if use_chat:
-        if template is None:
-            raise ValueError(f"request {index}: chat=True but the processor has no chat template")
-        if count:
-            raise ValueError(
-                f"request {index}: with the chat template, leave the image placeholder {placeholder!r} out of the prompt"
-            )
-        content = [{"type": "image"}] * num_images + [{"type": "text", "text": request.prompt}]
-        messages = [{"role": "user", "content": content}]
-        return adapter.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    if count != num_images:
-        raise ValueError(
-            f"request {index}: the prompt has {count} image placeholder(s) {placeholder!r} for {num_images} "
-            "image(s); put one placeholder per image in the prompt, or use a processor with a chat template"
-        )
-    return request.prompt

@@ -18,13 +18,13 @@ from restore.models.base import (
     Adapter,
     OutputCapture,
     Prepared,
-    build_prompt,
     cls_attention,
     first_layers,
     hidden_state_indices,
     split_runs,
     token_runs,
 )
+from restore.prompts import build_prompt
 from restore.request import Request, load_image
 from restore.sequence import SampleSeq, Span
 
@@ -33,14 +33,10 @@ class LlavaAdapter(Adapter):
     family = "llava"
     model_classes = ("LlavaForConditionalGeneration",)
 
-    @property
-    def image_token(self) -> str:
-        return getattr(self.processor, "image_token", "<image>")
-
     def prepare(self, request: Request, index: int) -> Prepared:
         sources = list(request.images) + list(request.video or [])
         images = [load_image(im, f"request {index} image {j}") for j, im in enumerate(sources)]
-        prompt = build_prompt(self, request, len(images), index, self.image_token)
+        prompt = build_prompt(self.processor, request, len(images), index, self.image_token)
         out = self.processor(text=prompt, images=images or None, return_tensors="pt")
         vision = {"pixel_values": out["pixel_values"]} if images else {}
         frames = len(request.video or [])

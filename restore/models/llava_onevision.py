@@ -46,7 +46,8 @@ from restore.models.base import (
     split_runs,
     token_runs,
 )
-from restore.models.media import build_media_prompt, expand_and_tokenize, frames_to_array, load_frames
+from restore.models.media import expand_and_tokenize, frames_to_array, load_frames
+from restore.prompts import build_prompt
 from restore.request import Request, load_image
 from restore.sequence import SampleSeq, Span
 
@@ -58,10 +59,6 @@ class LlavaOnevisionAdapter(Adapter):
     model_classes = ("LlavaOnevisionForConditionalGeneration",)
 
     @property
-    def image_token(self) -> str:
-        return getattr(self.processor, "image_token", "<image>")
-
-    @property
     def video_token(self) -> str:
         return getattr(self.processor, "video_token", "<video>")
 
@@ -69,8 +66,8 @@ class LlavaOnevisionAdapter(Adapter):
     def prepare(self, request: Request, index: int) -> Prepared:
         images = [load_image(im, f"request {index} image {j}") for j, im in enumerate(request.images)]
         frames = load_frames(request, index)
-        prompt = build_media_prompt(
-            self, request, len(images), bool(frames), index, self.image_token, self.video_token
+        prompt = build_prompt(
+            self.processor, request, len(images), index, self.image_token, self.video_token, has_video=bool(frames)
         )
         # Nested: the images of one request are one sample (several images: no anyres tiles).
         nested = [images] if images else None

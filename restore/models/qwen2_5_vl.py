@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from restore.models.base import Adapter, Prepared, split_runs, token_runs
-from restore.models.media import build_media_prompt, expand_and_tokenize, frames_to_array, load_frames
+from restore.models.media import expand_and_tokenize, frames_to_array, load_frames
+from restore.prompts import build_prompt
 from restore.rectify.calibration import RopeSpec
 from restore.request import Request, load_image
 from restore.sequence import SampleSeq, Span
@@ -111,8 +112,8 @@ class Qwen2_5_VLAdapter(Adapter):
     def prepare(self, request: Request, index: int) -> Prepared:
         images = [load_image(im, f"request {index} image {j}") for j, im in enumerate(request.images)]
         frames = load_frames(request, index)
-        prompt = build_media_prompt(
-            self, request, len(images), bool(frames), index, self.image_token, self.video_token
+        prompt = build_prompt(
+            self.processor, request, len(images), index, self.image_token, self.video_token, has_video=bool(frames)
         )
         if not frames:
             out = self.processor(text=prompt, images=images or None, return_tensors="pt")

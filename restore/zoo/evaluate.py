@@ -34,7 +34,7 @@ def answer(engine, items: list[world.Item], reduction: ReductionConfig | None = 
             results = engine.generate([request_for(items[i], reduction) for i in chunk], max_new_tokens=max_new)
             for i, r in zip(chunk, results, strict=True):
                 texts[i] = r.text
-                kept[i] = r.stats["kept_tokens"] / max(1, len(items[i].images))
+                kept[i] = r.stats.kept_tokens / max(1, len(items[i].images))
             if progress is not None:
                 progress(len(chunk))
     return texts, kept

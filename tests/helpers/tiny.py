@@ -160,6 +160,16 @@ def tiny_onevision(seed: int = 0, image_size: int = 16, patch: int = 4, layers: 
     return model, processor
 
 
+QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+QWEN_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
+
+FAMILIES = {
+    # factory, image placeholder, video placeholder as written in prompts
+    "qwen2_5_vl": (tiny_qwen2_5_vl, QWEN_IMAGE, QWEN_VIDEO),
+    "llava_onevision": (tiny_onevision, "<image>", "<video>"),
+}
+
+
 def tiny_reduction(method: str, budget, restore_on: bool) -> ReductionConfig:
     """The method at its defaults, with in-LLM layers moved inside the 2-layer tiny decoders."""
     kw = {}
