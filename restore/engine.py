@@ -4,7 +4,7 @@ One call of `generate` runs the whole batch together: the vision tower on every
 image at once, reduction per sample (each request may carry its own method and
 budget), one left-padded prefill through the stock text model, and a batched
 decode loop. Per-sample layouts, positions and the calibration bias reach the
-stock attention through `restore.models.attention`.
+stock attention through `restore.runtime` (`layout`, `stages`, `attention`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from restore.config import GenerationConfig, ModelConfig, ReductionConfig
 from restore.flops import prefill_flops, text_shapes
 from restore.hub import resolve_model_path
 from restore.models import adapter_for
-from restore.models.attention import ForwardContext, active, install
 from restore.plan import Plan, fit_layers, validate
 from restore.prompts import media_prompt
 from restore.request import Request, Result, Stats
-from restore.sequence import Layout, SampleSeq, pad_batch, unpad
+from restore.runtime.attention import ForwardContext, active, install
+from restore.runtime.layout import pad_batch
+from restore.runtime.stages import Stages
+from restore.sequence import SampleSeq
 
 logger = logging.getLogger(__name__)
 
@@ -145,18 +147,14 @@ class Engine:
         t_reduce = time.perf_counter()
         first_here = [r is not s for r, s in zip(reduced, seqs, strict=True)]
         embeds, layout = pad_batch(reduced, 0, first_here, self.device)
-        stages = sorted({k for p in plans if p.reduces and p.in_llm for k in p.layers})
+        stages = Stages(self.adapter, plans, reduced, layout)
         depth = len(self.adapter.text_model.layers)
-        if stages and stages[-1] >= depth:
+        if stages.layers and stages.layers[-1] >= depth:
             raise ValueError(
-                f"reduction layer {stages[-1]} is beyond this model's {depth} decoder layers; "
+                f"reduction layer {stages.layers[-1]} is beyond this model's {depth} decoder layers; "
                 f"set ReductionConfig.layer (or the method's layers option) below {depth}"
             )
-        state = {"seqs": reduced, "layout": layout, "stage_lengths": [{} for _ in reduced]}
-        ctx = None
-        if any(p.reduces for p in plans):
-            ctx = ForwardContext(self.rope, layout, stages, self._stage_builder(plans, state))
-        state["ctx"] = ctx
+        ctx = ForwardContext(self.rope, layout, stages) if any(p.reduces for p in plans) else None
         attention_mask = layout.valid.long()
         cache = DynamicCache(config=self.adapter.text_model.config)
         with active(ctx):
@@ -175,12 +173,9 @@ class Engine:
             "reduce_ms": (t_reduce - t_encode) * 1e3,
             "prefill_ms": (t_prefill - t_reduce) * 1e3,
         }
-        layer_tokens = [
-            _layer_tokens(seq.length, by_layer, depth)
-            for seq, by_layer in zip(reduced, state["stage_lengths"], strict=True)
-        ]
+        layer_tokens = stages.layer_tokens([seq.length for seq in reduced], depth)
         full = [seq.length for seq in seqs]
-        return _Prefill(logits, cache, attention_mask, state["seqs"], ctx, visual, timings, layer_tokens, full)
+        return _Prefill(logits, cache, attention_mask, stages.seqs, ctx, visual, timings, layer_tokens, full)
 
     def _run(self, prepared, plans: list[Plan], gen: GenerationConfig, on_token=None) -> list[Result]:
         pre = self._prefill(prepared, plans)
@@ -220,35 +215,6 @@ class Engine:
         if all(n == full for n in layer_tokens):
             return 1.0
         return prefill_flops([full] * len(layer_tokens), self.shapes) / prefill_flops(layer_tokens, self.shapes)
-
-    def _stage_builder(self, plans: list[Plan], state: dict):
-        """Reduce the samples whose in-LLM method acts at `layer`, from the hidden states entering it."""
-
-        def build(layer: int, hidden: torch.Tensor):
-            ctx: ForwardContext = state["ctx"]
-            old: Layout = state["layout"]
-            rows = ctx.rows[layer - 1]
-            current = unpad(hidden, old, state["seqs"])
-            out: list[SampleSeq] = []
-            first_here = []
-            for b, (seq, plan) in enumerate(zip(current, plans, strict=True)):
-                if plan.reduces and plan.in_llm and layer in plan.layers:
-                    offset = old.length - seq.length
-                    imps = [rows[b, offset + s.start : offset + s.end].float().cpu() for s in seq.spans]
-                    new = plan.apply(seq, imps, layer)
-                    first_here.append(new is not seq)
-                    out.append(new)
-                    state["stage_lengths"][b][layer] = new.length
-                else:
-                    first_here.append(False)
-                    out.append(seq)
-            new_hidden, layout = pad_batch(out, layer, first_here, hidden.device)
-            position_ids = self.adapter.position_ids(layout.positions)
-            rope_args = self.adapter.text_model.rotary_emb(new_hidden, position_ids)
-            state["seqs"], state["layout"] = out, layout
-            return new_hidden, layout, rope_args, position_ids
-
-        return build
 
     def _decode(self, logits, cache, attention_mask, seqs: list[SampleSeq], ctx, gen: GenerationConfig, on_token=None):
         bsz = logits.shape[0]
@@ -314,13 +280,3 @@ class Engine:
             if cut >= 0:
                 text = text[:cut]
         return text.strip()
-
-
-def _layer_tokens(first: int, stage_lengths: dict[int, int], depth: int) -> list[int]:
-    """Tokens each decoder layer ran on: `first` from layer 0 (after any pre-LLM reduction), then each
-    in-LLM stage's length from its layer on; layers before an in-LLM method's K ran at full length."""
-    lengths, current = [], first
-    for layer in range(depth):
-        current = stage_lengths.get(layer, current)
-        lengths.append(current)
-    return lengths

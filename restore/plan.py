@@ -9,10 +9,10 @@ from pydantic import BaseModel
 
 from restore.config import ReductionConfig
 from restore.methods import get_method
-from restore.methods.base import ImageTokens, Method
+from restore.methods.base import Method
 from restore.rectify.anchors import restore_assignment
-from restore.rectify.assignment import Assignment
 from restore.sequence import SampleSeq
+from restore.tokens import Assignment, ImageTokens
 
 PAPER_DEPTH = 32  # LLaVA-1.5-7B's decoder layers, where the in-LLM methods' default layers were chosen
 

@@ -19,8 +19,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from restore.prompts import DEFAULT_CAPTION_PROMPTS
-from restore.rectify.assignment import Assignment
 from restore.request import ImageLike, load_image
+from restore.tokens import Assignment
 
 _BACKGROUND = (24, 24, 24)
 _GAP = 4  # px between frames of a clip
@@ -162,9 +162,9 @@ def render_token_map(
     """
     from restore.config import ReductionConfig, RestoreConfig
     from restore.engine import Engine
-    from restore.methods.base import ImageTokens
     from restore.plan import Plan
     from restore.request import Request
+    from restore.tokens import ImageTokens
 
     engine = engine_or_model_path if isinstance(engine_or_model_path, Engine) else Engine.from_pretrained(
         str(engine_or_model_path), device=device

@@ -25,11 +25,11 @@ from transformers import LlamaConfig, LlamaModel
 
 from restore.config import RestoreConfig
 from restore.methods import get_method
-from restore.methods.base import ImageTokens
-from restore.models.attention import ForwardContext
 from restore.rectify.anchors import restore_assignment
 from restore.rectify.calibration import RopeSpec
-from restore.sequence import Layout
+from restore.runtime.attention import ForwardContext
+from restore.runtime.layout import Layout
+from restore.tokens import ImageTokens
 
 TEXT_TOKENS = 60
 LLAMA_7B_LAYERS = 32

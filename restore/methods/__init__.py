@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from restore.methods.base import ImageTokens, Method
+from restore.methods.base import Method
+from restore.tokens import ImageTokens
 
 _REGISTRY: dict[str, Method] = {}
 

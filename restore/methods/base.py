@@ -9,48 +9,14 @@ method as its authors ran it and defaults to pruning with `select`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from restore.rectify.assignment import Assignment
+from restore.tokens import Assignment, ImageTokens
 
 Stage = Literal["pre", "llm"]
-
-
-@dataclass(frozen=True)
-class ImageTokens:
-    """One image's (or video span's) visual tokens, as a method sees them.
-
-    features:   (N, d) features the LLM sees: projector outputs before the LLM,
-                hidden states for in-LLM methods.
-    importance: (N,) attention mass each token receives from the vision tower's
-                CLS query (pre-LLM) or from the last prompt token at layer K-1
-                (in-LLM); None when the model has neither.
-    keys:       (N, dk) vision-tower keys or features for methods that measure
-                similarity there; None when not available.
-    grid:       (T, H, W) when the tokens are a row-major T x H x W grid, else None.
-    """
-
-    features: torch.Tensor
-    importance: torch.Tensor | None = None
-    keys: torch.Tensor | None = None
-    grid: tuple[int, int, int] | None = None
-
-    @property
-    def num_tokens(self) -> int:
-        return self.features.shape[0]
-
-    def grid_coords(self) -> torch.Tensor:
-        """(N, 3) float (t, row, col) of each token; a single row when there is no grid."""
-        n = self.num_tokens
-        if self.grid is None:
-            return torch.stack([torch.zeros(n), torch.zeros(n), torch.arange(n, dtype=torch.float32)], dim=1)
-        t, h, w = self.grid
-        idx = torch.arange(n)
-        return torch.stack([idx // (h * w), (idx // w) % h, idx % w], dim=1).float()
 
 
 class NoOptions(BaseModel):
@@ -97,14 +63,3 @@ def require_importance(method: Method, tokens: ImageTokens) -> torch.Tensor:
             f"method {method.name!r} needs attention scores that this model's adapter does not provide"
         )
     return tokens.importance
-
-
-def budget_share(n: int, ratio: float) -> int:
-    """Slots of a budget of n given to a method's merged tokens: round(n * ratio), at least 0, fewer than n."""
-    return min(max(round(n * ratio), 0), n - 1)
-
-
-def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k highest scores, ascending by index; ties broken by lower index."""
-    order = torch.argsort(scores, descending=True, stable=True)[:k]
-    return torch.sort(order).values

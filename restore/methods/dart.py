@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from restore.methods import register
-from restore.methods.base import ImageTokens, Method, topk_sorted
+from restore.methods.base import Method
+from restore.tokens import ImageTokens, topk_sorted
 
 
 class DARTOptions(BaseModel):

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from restore.methods import register
-from restore.methods.base import ImageTokens, Method
+from restore.methods.base import Method
+from restore.tokens import ImageTokens
 
 # Rows of the N x N similarity computed at once for the first pick; bounds memory for long videos.
 _CHUNK_ELEMENTS = 1 << 24

@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 
 from restore.methods import register
-from restore.methods.base import ImageTokens, Method, require_importance, topk_sorted
+from restore.methods.base import Method, require_importance
+from restore.tokens import ImageTokens, topk_sorted
 
 
 @register

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from restore.methods import register
-from restore.methods.base import ImageTokens, Method, require_importance
+from restore.methods.base import Method, require_importance
+from restore.tokens import ImageTokens
 
 
 class HoloVOptions(BaseModel):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from restore.methods import register
-from restore.methods.base import ImageTokens, Method
+from restore.methods.base import Method
+from restore.tokens import ImageTokens
 
 
 @register

@@ -17,8 +17,8 @@ import math
 import torch
 
 from restore.methods import register
-from restore.methods.base import ImageTokens, Method
-from restore.rectify.assignment import Assignment
+from restore.methods.base import Method
+from restore.tokens import Assignment, ImageTokens
 
 
 def grid_cells(rows: int, cols: int, n: int) -> torch.Tensor:

@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from restore.methods import get_method, register
-from restore.methods.base import ImageTokens, Method, require_importance, topk_sorted
+from restore.methods.base import Method, require_importance
 from restore.methods.pool import _cells
-from restore.rectify.assignment import Assignment
+from restore.tokens import Assignment, ImageTokens, topk_sorted
 
 
 class PruMergeOptions(BaseModel):

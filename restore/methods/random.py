@@ -14,7 +14,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from restore.methods import register
-from restore.methods.base import ImageTokens, Method
+from restore.methods.base import Method
+from restore.tokens import ImageTokens
 
 
 class RandomOptions(BaseModel):

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from restore.methods import register
-from restore.methods.base import ImageTokens, budget_share, require_importance, topk_sorted
+from restore.methods.base import require_importance
 from restore.methods.fastv import FastV
-from restore.rectify.assignment import Assignment
+from restore.tokens import Assignment, ImageTokens, budget_share, topk_sorted
 
 
 class SparseVLMOptions(BaseModel):

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from restore.methods import get_method, register
-from restore.methods.base import ImageTokens, Method
-from restore.rectify.assignment import Assignment
+from restore.methods.base import Method
+from restore.tokens import Assignment, ImageTokens
 
 
 class TemporalOptions(BaseModel):

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from restore.methods import register
-from restore.methods.base import ImageTokens, Method
-from restore.rectify.assignment import Assignment
+from restore.methods.base import Method
+from restore.tokens import Assignment, ImageTokens
 
 
 def bipartite_merge(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from restore.methods import register
-from restore.methods.base import ImageTokens, Method, budget_share, require_importance, topk_sorted
-from restore.rectify.assignment import Assignment
+from restore.methods.base import Method, require_importance
+from restore.tokens import Assignment, ImageTokens, budget_share, topk_sorted
 
 
 class VisionZipOptions(BaseModel):

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from restore.config import RestoreConfig
-from restore.methods.base import ImageTokens, Method, topk_sorted
-from restore.rectify.assignment import Assignment
+from restore.methods.base import Method
+from restore.tokens import Assignment, ImageTokens, topk_sorted
 
 
 def cosine_matrix(x: torch.Tensor) -> torch.Tensor:

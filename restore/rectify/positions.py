@@ -1,16 +1,17 @@
 """Positions of reduced tokens (DESIGN §2 step 3).
 
 Kept tokens keep their original position; a merged token takes the median of
-its members' positions, per axis for M-RoPE (the lower median for an even count,
-so positions stay integers, as torch.median does). 'compact' renumbering is done
-on the whole sequence, see restore.sequence.
+the positions of the original tokens it stands for, per axis for M-RoPE (the
+lower median for an even count, so positions stay integers, as torch.median
+does); across in-LLM stages a token merged twice still counts its original
+members. 'compact' renumbering is done on the whole sequence, see restore.sequence.
 """
 
 from __future__ import annotations
 
 import torch
 
-from restore.rectify.assignment import Assignment
+from restore.tokens import Assignment
 
 
 def group_lower_median(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
@@ -22,15 +23,25 @@ def group_lower_median(values: torch.Tensor, group: torch.Tensor, num_groups: in
     return values[order[starts + (counts - 1) // 2]]
 
 
-def slot_positions(positions: torch.Tensor, assignment: Assignment, policy: str) -> torch.Tensor:
-    """(n, A) positions of the output slots from the members' positions (N, A)."""
+def slot_positions(
+    positions: torch.Tensor,
+    assignment: Assignment,
+    policy: str,
+    originals: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(n, A) positions of the output slots of the tokens at `positions` (N, A).
+
+    `originals` = (positions (M, A) of the original tokens these tokens stand for, output slot of each (M,),
+    -1 when dropped); None: each token stands for itself.
+    """
     if policy == "original" or policy == "compact":
         return positions[assignment.rep]
     if policy != "median":
         raise ValueError(f"unknown position policy {policy!r}")
-    live = assignment.slot >= 0
-    group = assignment.slot[live]
-    member_pos = positions[live]
+    origin_pos, slot = originals if originals is not None else (positions, assignment.slot)
+    live = slot >= 0
+    group = slot[live]
+    member_pos = origin_pos[live]
     return torch.stack(
         [group_lower_median(member_pos[:, a], group, assignment.num_slots) for a in range(positions.shape[1])],
         dim=1,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from restore.methods import get_method
-from restore.methods.base import ImageTokens
-from restore.rectify.assignment import Assignment
+from restore.tokens import Assignment, ImageTokens
 
 
 def make_tokens(grid=(1, 6, 8), dim=16, seed=0, keys=False, no_grid=False) -> ImageTokens:

@@ -7,13 +7,10 @@ import torch
 
 from restore.config import RestoreConfig
 from restore.methods import get_method
-from restore.methods.base import ImageTokens
-from restore.models.attention import ForwardContext
 from restore.rectify.anchors import distinctive_anchors, restore_assignment
-from restore.rectify.assignment import Assignment
 from restore.rectify.calibration import RopeSpec, calibration_bias, relative_decay
 from restore.rectify.positions import slot_positions
-from restore.sequence import Layout
+from restore.tokens import Assignment, ImageTokens
 
 
 def test_distinctive_anchors_pick_density_peaks():
@@ -128,54 +125,3 @@ def test_calibration_bias_entry_by_entry():
             assert bias[0, m, j].item() == pytest.approx(expected, abs=1e-5)
     size_only = calibration_bias(rope, pos, pos, sizes.log(), visual, torch.tensor([c]), torch.tensor([False]))
     assert torch.allclose(size_only[0, 0], torch.where(visual[0], sizes[0].log(), 0.0))
-
-
-def _layout(log_size, log_first, start_layer=0):
-    b, length = log_size.shape
-    return Layout(
-        valid=torch.ones(b, length, dtype=torch.bool),
-        positions=torch.arange(length)[None, :, None].expand(b, -1, 1).clone(),
-        log_size=log_size,
-        log_first=log_first,
-        calibrated=log_size != 0,
-        distance=torch.tensor([True] * b),
-        c=torch.full((b,), 2.0),
-        start_layer=start_layer,
-    )
-
-
-def test_context_mask_uses_uniform_sizes_in_first_layer_and_size_only_in_decode():
-    rope = _rope()
-    log_size = torch.tensor([[0.0, math.log(3), math.log(1.5), 0.0]])
-    log_first = torch.tensor([[0.0, math.log(2), math.log(2), 0.0]])
-    ctx = ForwardContext(rope, _layout(log_size, log_first))
-    first = ctx.mask(0, 4, 4, torch.float32)[0, 0]
-    later = ctx.mask(1, 4, 4, torch.float32)[0, 0]
-    # Entry (3, 1): query at position 3 on a visual key at 1.
-    decay = relative_decay(rope, torch.tensor([[2]])).item()
-    assert first[3, 1].item() == pytest.approx(math.log(2) + math.log(2 - decay), abs=1e-5)
-    assert later[3, 1].item() == pytest.approx(math.log(3) + math.log(2 - decay), abs=1e-5)
-    assert first[1, 2].item() == torch.finfo(torch.float32).min  # causal
-    ctx.begin_decode(torch.tensor([[[4]]]))
-    dec = ctx.mask(1, 1, 5, torch.float32)[0, 0, 0]
-    assert dec.tolist() == pytest.approx([0.0, math.log(3), math.log(1.5), 0.0, 0.0], abs=1e-6)
-
-
-def test_attention_function_adds_the_bias():
-    from restore.models.attention import active, restore_attention
-
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 4, 8) for _ in range(3))
-    log_size = torch.tensor([[0.0, math.log(4), 0.0, 0.0]])
-    ctx = ForwardContext(_rope(), _layout(log_size, log_size))
-
-    class Mod(torch.nn.Module):
-        layer_idx = 1
-        num_key_value_groups = 1
-        is_causal = True
-
-    with active(ctx):
-        out, _ = restore_attention(Mod(), q, k, v, None, scaling=8**-0.5)
-    mask = ctx.mask(1, 4, 4, torch.float32)
-    ref = torch.softmax(q @ k.transpose(-1, -2) * 8**-0.5 + mask, dim=-1) @ v
-    assert torch.allclose(out.transpose(1, 2), ref, atol=1e-5)

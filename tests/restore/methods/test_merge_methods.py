@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from restore.methods import get_method
-from restore.methods.base import ImageTokens
 from restore.methods.pool import _cells
 from restore.methods.prumerge import iqr_outliers
-from restore.rectify.assignment import Assignment
+from restore.tokens import Assignment, ImageTokens
 from tests.helpers.tokens import check_indices, make_tokens, run_reduce, run_select
 
 NEW = ["prumerge_plus", "tome", "dart", "sparsevlm"]

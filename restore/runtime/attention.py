@@ -16,7 +16,7 @@ one per layer.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
 
 import torch
@@ -25,26 +25,22 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from restore.rectify.calibration import RopeSpec, calibration_bias
-from restore.sequence import Layout
+from restore.runtime.layout import Layout
+from restore.runtime.stages import Stages
 
 ATTENTION_NAME = "restore_sdpa"
 
-# Called before decoder layer K of an in-LLM stage: (layer, hidden) -> (hidden, layout, rope args).
-StageBuilder = Callable[[int, torch.Tensor], tuple[torch.Tensor, Layout, tuple, torch.Tensor]]
-
 
 class ForwardContext:
-    def __init__(
-        self,
-        rope: RopeSpec,
-        layout: Layout,
-        stage_layers: list[int] | None = None,
-        stage_builder: StageBuilder | None = None,
-    ) -> None:
+    """What the biased attention needs during one prefill and its decode steps: the RoPE spec, the layout of
+    each stage (the first is the batch as prefilled) and, for in-LLM methods, the `Stages` that reduce the
+    batch before their layers."""
+
+    def __init__(self, rope: RopeSpec, layout: Layout, stages: Stages | None = None) -> None:
         self.rope = rope
         self.layouts: list[Layout] = [layout]
-        self.stage_layers = sorted(stage_layers or [])
-        self.stage_builder = stage_builder
+        self.stages = stages
+        self.stage_layers = stages.layers if stages is not None else []
         self.row_layers = {k - 1 for k in self.stage_layers}
         self.rows: dict[int, torch.Tensor] = {}
         self.phase = "prefill"
@@ -104,7 +100,7 @@ class ForwardContext:
         if self.phase != "prefill" or not self.stage_layers or layer < self.stage_layers[0]:
             return None
         if layer in self.stage_layers and layer not in self._stage_rope:
-            hidden, layout, rope_args, position_ids = self.stage_builder(layer, args[0])
+            hidden, layout, rope_args, position_ids = self.stages.build(layer, args[0], self.rows[layer - 1])
             self.layouts.append(layout)
             self._stage_rope[layer] = (rope_args, position_ids)
             args = (hidden, *args[1:])

@@ -7,9 +7,9 @@ import torch
 
 from restore import Engine, Request, RestoreConfig
 from restore.methods import get_method
-from restore.methods.base import ImageTokens
 from restore.plan import Plan
 from restore.rectify.anchors import restore_assignment
+from restore.tokens import ImageTokens
 from tests.helpers.images import frames, make_image
 from tests.helpers.tiny import FAMILIES, tiny_llava, tiny_reduction
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from jobs.cli import main
 from restore import Engine
-from restore.rectify.assignment import Assignment
+from restore.tokens import Assignment
 from restore.viz import render_token_map, token_map
 from tests.helpers.images import make_image
 

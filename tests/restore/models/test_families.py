@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from restore import Engine, ReductionConfig, Request, RestoreConfig
-from restore.methods.base import ImageTokens
 from restore.plan import Plan
+from restore.tokens import ImageTokens
 from tests.helpers.images import frames, make_image
 from tests.helpers.tiny import FAMILIES, QWEN_IMAGE, QWEN_VIDEO, tiny_qwen2_5_vl
 

@@ -1,10 +1,47 @@
-"""Which output slot each input token goes to: the common currency of pruning and merging."""
+"""The shared currency of reduction: one image's visual tokens as a method sees them (`ImageTokens`),
+which output slot each token goes to (`Assignment`), and the selection helpers the methods share.
+
+Below both `restore.methods` and `restore.rectify`: imports run tokens -> methods -> rectify -> plan.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+
+@dataclass(frozen=True)
+class ImageTokens:
+    """One image's (or video span's) visual tokens, as a method sees them.
+
+    features:   (N, d) features the LLM sees: projector outputs before the LLM,
+                hidden states for in-LLM methods.
+    importance: (N,) attention mass each token receives from the vision tower's
+                CLS query (pre-LLM) or from the last prompt token at layer K-1
+                (in-LLM); None when the model has neither.
+    keys:       (N, dk) vision-tower keys or features for methods that measure
+                similarity there; None when not available.
+    grid:       (T, H, W) when the tokens are a row-major T x H x W grid, else None.
+    """
+
+    features: torch.Tensor
+    importance: torch.Tensor | None = None
+    keys: torch.Tensor | None = None
+    grid: tuple[int, int, int] | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.features.shape[0]
+
+    def grid_coords(self) -> torch.Tensor:
+        """(N, 3) float (t, row, col) of each token; a single row when there is no grid."""
+        n = self.num_tokens
+        if self.grid is None:
+            return torch.stack([torch.zeros(n), torch.zeros(n), torch.arange(n, dtype=torch.float32)], dim=1)
+        t, h, w = self.grid
+        idx = torch.arange(n)
+        return torch.stack([idx // (h * w), (idx // w) % h, idx % w], dim=1).float()
 
 
 @dataclass(frozen=True)
@@ -76,3 +113,14 @@ class Assignment:
 
     def members(self, s: int) -> torch.Tensor:
         return torch.nonzero(self.slot == s).flatten()
+
+
+def budget_share(n: int, ratio: float) -> int:
+    """Slots of a budget of n given to a method's merged tokens: round(n * ratio), at least 0, fewer than n."""
+    return min(max(round(n * ratio), 0), n - 1)
+
+
+def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest scores, ascending by index; ties broken by lower index."""
+    order = torch.argsort(scores, descending=True, stable=True)[:k]
+    return torch.sort(order).values

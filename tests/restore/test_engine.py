@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from restore import Engine, ReductionConfig, Request, RestoreConfig
-from restore.methods.base import ImageTokens
 from restore.plan import Plan, validate
+from restore.tokens import ImageTokens
 from tests.helpers.images import make_image
 
 PROMPT = "<image> what is in the image ?"
