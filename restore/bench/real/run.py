@@ -63,14 +63,31 @@ def _stat(stats, name: str):
     return getattr(stats, name) if hasattr(stats, name) else stats[name]
 
 
-def engine_answerer(engine, max_new_tokens: int) -> Answerer:
+def pad_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """The image centred on a square canvas of `fill` colour, as LLaVA-1.5 was trained and evaluated
+    ('pad' aspect ratio), so the processor's centre crop cuts nothing off."""
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def engine_answerer(engine, max_new_tokens: int, pad: bool = True) -> Answerer:
     """Answers from `engine`, one batch per call; the prompt goes through the processor's chat template
-    when it has one (LLaVA-1.5's 'USER: <image>\\n... ASSISTANT:'), else after an image placeholder."""
+    when it has one (LLaVA-1.5's 'USER: <image>\\n... ASSISTANT:'), else after an image placeholder.
+    With `pad`, images are padded to squares of the processor's mean colour first."""
     chat = getattr(engine.processor, "chat_template", None) is not None
     placeholder = getattr(engine.adapter, "image_token", "<image>")
+    mean = getattr(getattr(engine.processor, "image_processor", None), "image_mean", None) or [0.5, 0.5, 0.5]
+    fill = tuple(int(round(255 * m)) for m in mean[:3])
 
     def answer(examples, images, reduction):
         prompts = [e.prompt if chat else f"{placeholder}\n{e.prompt}" for e in examples]
+        if pad:
+            images = [pad_square(im, fill) for im in images]
         requests = [Request(p, images=[im], reduction=reduction) for p, im in zip(prompts, images, strict=True)]
         results = engine.generate(requests, max_new_tokens=max_new_tokens)
         return [(r.text, float(_stat(r.stats, "kept_tokens"))) for r in results]
@@ -176,10 +193,10 @@ def run(args, answer: Answerer | None = None) -> dict:
     depth = len(engine.adapter.text_model.layers)
     n_tokens = tokens_per_image(engine.model)
     grid = cells(args, depth, n_tokens)
-    answer = answer or engine_answerer(engine, args.max_new_tokens)
+    answer = answer or engine_answerer(engine, args.max_new_tokens, args.pad_square)
     signature = {
         "model": args.model, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
-        "textvqa_ocr": args.textvqa_ocr, "prompt_version": PROMPT_VERSION,
+        "textvqa_ocr": args.textvqa_ocr, "pad_square": args.pad_square, "prompt_version": PROMPT_VERSION,
         "restore": {"c": args.c, "positions": args.positions, "calibration": args.calibration,
                     "anchors": args.anchors, "uniform_first_layer": args.uniform_first_layer},
     }
@@ -324,6 +341,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--uniform-first-layer", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--textvqa-ocr", action=argparse.BooleanOptionalAction, default=True,
                    help="add TextVQA's OCR tokens to the prompt, as LLaVA-1.5's reported number does")
+    p.add_argument("--pad-square", action=argparse.BooleanOptionalAction, default=True,
+                   help="pad images to squares of the processor's mean colour, as LLaVA-1.5 does")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--chunk", type=int, default=256, help="questions whose images are read at a time")

@@ -8,7 +8,7 @@ import pytest
 from jobs.cli import main as cli
 from restore.bench.accuracy import main as accuracy_main
 from restore.bench.real.run import main as real_main
-from restore.bench.real.run import table
+from restore.bench.real.run import pad_square, table
 from restore.engine import Engine
 from tests.restore.bench.real import fixtures
 from tests.restore.bench.real.test_tasks import oracle
@@ -112,3 +112,13 @@ def test_a_different_run_in_the_same_folder_is_refused(tmp_path, data_dir):
         real_main([*base, "--max-new-tokens", "3"])
     nothing = ["--model", "random:llava-tiny", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]
     assert cli(["bench", "accuracy", "--suite", "real", *nothing]) == 2
+
+
+def test_pad_square_centres_the_image_on_the_mean_colour():
+    from PIL import Image
+
+    im = Image.new("RGB", (4, 2), (255, 0, 0))
+    out = pad_square(im, (128, 128, 128))
+    assert out.size == (4, 4) and out.getpixel((0, 0)) == (128, 128, 128) and out.getpixel((0, 1)) == (255, 0, 0)
+    assert out.getpixel((3, 2)) == (255, 0, 0) and out.getpixel((3, 3)) == (128, 128, 128)
+    assert pad_square(out, (0, 0, 0)) is out
