@@ -104,10 +104,10 @@ class TaskData:
             )
         rels = [source.relative(spec.name, f) for f in files]
         self.files = select(files, rels, spec.configs, spec.splits)
-        self.table_files: list[str] = []
-        if spec.image_table is not None:
-            table = select(files, rels, spec.image_configs, spec.splits) if spec.image_configs else []
-            self.table_files = [f for f in table if f not in self.files]
+        # An image table (GQA) is found by its config folder, or else by its schema among the files read.
+        self.table_files = [f for f, r in zip(files, rels, strict=True)
+                            if spec.image_table is not None and set(_parts(r)[:-1]) & set(spec.image_configs)
+                            and f not in self.files]
         self._table: dict[str, Any] | None = None
         self._refs: dict[str, tuple[int, int]] = {}  # example id → (file index, row)
         self._columns: list[str | None] = []

@@ -11,7 +11,6 @@ from restore.bench.real.run import main as real_main
 from restore.bench.real.run import pad_square, table
 from restore.engine import Engine
 from tests.restore.bench.real import fixtures
-from tests.restore.bench.real.test_tasks import oracle
 
 TASKS = "pope,mme,gqa,textvqa,vqav2,sqa_img,mmbench,seed"
 
@@ -85,7 +84,7 @@ def test_whole_suite_runs_and_resumes(tmp_path, data_dir, calls, caplog):
 def test_oracle_answers_score_100_percent_of_full(tmp_path, data_dir):
     def perfect(examples, images, reduction):
         assert len(images) == len(examples)
-        return [(oracle(e), 1.0) for e in examples]
+        return [(fixtures.oracle(e), 1.0) for e in examples]
 
     report = real_main(argv(data_dir, tmp_path), answer=perfect)
     assert report["full"]["scores"] == {t: (600.0 if t == "mme" else pytest.approx(100.0)) for t in fixtures.QUESTIONS}

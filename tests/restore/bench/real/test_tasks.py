@@ -3,7 +3,6 @@ scores 100% of what the metric allows, a constant reply what the metric gives by
 
 import pytest
 
-from restore.bench.real import metrics
 from restore.bench.real.data import Source, TaskData, select
 from restore.bench.real.tasks import LETTER_ANSWER, PAPER_TASKS, SHORT_ANSWER, task_specs
 from tests.restore.bench.real import fixtures
@@ -20,10 +19,6 @@ def load(data_dir, task, root=None):
     return TaskData(SPECS[task], Source(root or str(data_dir)))
 
 
-def oracle(example) -> str:
-    return metrics.most_common(example.target) if isinstance(example.target, list) else str(example.target)
-
-
 PERFECT = {"mme": 600.0}  # MME: 200 per category (acc 100 + acc+ 100), three categories in the fixture
 
 
@@ -35,7 +30,7 @@ def test_every_paper_task_has_a_spec():
 def test_oracle_scores_full_marks(data_dir, task):
     data = load(data_dir, task)
     assert len(data.examples) == fixtures.QUESTIONS[task]
-    score = SPECS[task].score(data.examples, [oracle(e) for e in data.examples])
+    score = SPECS[task].score(data.examples, [fixtures.oracle(e) for e in data.examples])
     assert score["score"] == pytest.approx(PERFECT.get(task, 100.0))
 
 
@@ -82,6 +77,17 @@ def test_files_of_the_preferred_config_and_split_only(data_dir):
     assert select(files, rels, ["b", "a"], ["dev"]) == ["r/b/dev-0.parquet"]
     assert select(files, rels, [], ["test"]) == ["r/a/test-0.parquet"]
     assert select(files, rels, ["zz"], ["val"]) == files  # nothing preferred matches: every file
+
+
+def test_gqa_image_table_is_found_by_its_schema_in_a_flat_folder(tmp_path, data_dir):
+    flat = tmp_path / "gqa"
+    flat.mkdir()
+    for name in ("testdev_balanced_instructions", "testdev_balanced_images"):
+        (flat / f"{name}.parquet").write_bytes((data_dir / "gqa" / name / "testdev-00000-of-00001.parquet").read_bytes())
+    data = load(data_dir, "gqa", root=str(tmp_path))
+    assert [e.target for e in data.examples] == ["yes", "no", "left", "table"]
+    assert data.table_files == [str(flat / "testdev_balanced_images.parquet")]
+    assert len(data.images(data.examples)) == 4
 
 
 def test_images_come_back_decoded_in_any_layout(data_dir):
