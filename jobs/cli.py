@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                          prefix_chars="+", add_help=False)
     p.add_argument("argv", nargs=argparse.REMAINDER, help="flags of `python -m restore.bench.speed`")
     p.set_defaults(fn=cmd_bench_speed)
-    p = bench.add_parser("accuracy", help="methods x budgets x {base, +RESTORE} on the synthetic world, per question type",
+    p = bench.add_parser("accuracy", help="methods x budgets x {base, +RESTORE} on the synthetic world, or on the "
+                         "paper's benchmarks from Parquet (--suite real)",
                          prefix_chars="+", add_help=False)
     p.add_argument("argv", nargs=argparse.REMAINDER, help="flags of `python -m restore.bench.accuracy`")
     p.set_defaults(fn=cmd_bench_accuracy)

@@ -192,6 +192,8 @@ def plot(report: dict, path: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="restore bench accuracy", description=__doc__.splitlines()[0])
+    p.add_argument("--suite", default="synthetic", choices=SUITES,
+                   help="'real': the paper's benchmarks from Parquet (see --suite real --help)")
     p.add_argument("--model", default="default", help="'default' (the shipped model), a local dir or s3://prefix")
     p.add_argument("--methods", default=None, help="comma separated (default: every registered method but none)")
     p.add_argument("--budgets", default="1/3,2/9,1/9", help="tokens kept per image: counts or fractions of N")
@@ -218,7 +220,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+SUITES = ["synthetic", "real"]
+
+
 def main(argv: list[str] | None = None) -> dict:
+    suite = argparse.ArgumentParser(add_help=False)
+    suite.add_argument("--suite", default="synthetic", choices=SUITES)
+    known, rest = suite.parse_known_args(argv)
+    if known.suite == "real":
+        from restore.bench.real.run import main as real_main
+
+        return real_main(rest)
     args = parse_args(argv)
     report = run(args)
     out = Path(args.out)
