@@ -58,11 +58,6 @@ def cells(args, depth: int, tokens: int) -> list[Cell]:
     return out
 
 
-def _stat(stats, name: str):
-    """A per-request statistic, whether stats is a mapping or a dataclass."""
-    return getattr(stats, name) if hasattr(stats, name) else stats[name]
-
-
 def pad_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
     """The image centred on a square canvas of `fill` colour, as LLaVA-1.5 was trained and evaluated
     ('pad' aspect ratio), so the processor's centre crop cuts nothing off."""
@@ -76,21 +71,19 @@ def pad_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
 
 
 def engine_answerer(engine, max_new_tokens: int, pad: bool = True) -> Answerer:
-    """Answers from `engine`, one batch per call; the prompt goes through the processor's chat template
-    when it has one (LLaVA-1.5's 'USER: <image>\\n... ASSISTANT:'), else after an image placeholder.
+    """Answers from `engine`, one batch per call; the prompt is placed by `Engine.media_prompt` (the
+    processor's chat template when it has one: LLaVA-1.5's 'USER: <image>\\n... ASSISTANT:').
     With `pad`, images are padded to squares of the processor's mean colour first."""
-    chat = getattr(engine.processor, "chat_template", None) is not None
-    placeholder = getattr(engine.adapter, "image_token", "<image>")
     mean = getattr(getattr(engine.processor, "image_processor", None), "image_mean", None) or [0.5, 0.5, 0.5]
     fill = tuple(int(round(255 * m)) for m in mean[:3])
 
     def answer(examples, images, reduction):
-        prompts = [e.prompt if chat else f"{placeholder}\n{e.prompt}" for e in examples]
+        prompts = [engine.media_prompt(e.prompt, 1) for e in examples]
         if pad:
             images = [pad_square(im, fill) for im in images]
         requests = [Request(p, images=[im], reduction=reduction) for p, im in zip(prompts, images, strict=True)]
         results = engine.generate(requests, max_new_tokens=max_new_tokens)
-        return [(r.text, float(_stat(r.stats, "kept_tokens"))) for r in results]
+        return [(r.text, float(r.stats.kept_tokens)) for r in results]
 
     return answer
 

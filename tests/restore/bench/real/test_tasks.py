@@ -123,6 +123,7 @@ def test_missing_and_unscorable_data_name_the_path(tmp_path, data_dir):
         load(data_dir, "textvqa", root=str(tmp_path))
 
 
+@pytest.mark.s3
 def test_reads_from_s3(data_dir):
     import fsspec
     from moto.server import ThreadedMotoServer
