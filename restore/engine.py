@@ -114,7 +114,7 @@ class Engine:
         if not requests:
             return []
         plans = [self.plan(r.reduction or self.reduction) for r in requests]
-        prepared = [self.adapter.prepare(r, i) for i, r in enumerate(requests)]
+        prepared = self.prepare(requests, generation.max_new_tokens)
         with torch.inference_mode():
             return self._run(prepared, plans, generation, on_token)
 
@@ -123,10 +123,41 @@ class Engine:
         if not requests:
             return torch.empty(0)
         plans = [self.plan(r.reduction or self.reduction) for r in requests]
-        prepared = [self.adapter.prepare(r, i) for i, r in enumerate(requests)]
+        prepared = self.prepare(requests)
         with torch.inference_mode():
             pre = self._prefill(prepared, plans)
         return pre.logits
+
+    @property
+    def context_length(self) -> int | None:
+        """Positions the text model was built for (`max_position_embeddings`); None when unknown."""
+        return getattr(self.adapter.text_model.config, "max_position_embeddings", None)
+
+    def prepare(self, requests: Sequence[Request], max_new_tokens: int = 0) -> list:
+        """Each request through the processor, refused with a ValueError naming it when its text is not valid
+        Unicode, when it is empty (no text token and no media), or when its prompt (every visual token
+        counted: positions are never compacted under RESTORE) plus `max_new_tokens` exceeds the context."""
+        out = []
+        for i, r in enumerate(requests):
+            try:
+                r.prompt.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(
+                    f"request {i}: the prompt is not valid Unicode text ({err.reason} at character {err.start}); "
+                    "send UTF-8 text"
+                ) from None
+            p = self.adapter.prepare(r, i)
+            length = int(p.input_ids.numel())
+            if length == 0:
+                raise ValueError(f"request {i}: the prompt is empty and there is no image or video; give some text")
+            limit = self.context_length
+            if limit is not None and length + max_new_tokens > limit:
+                raise ValueError(
+                    f"request {i}: {length} prompt tokens (visual tokens included) + {max_new_tokens} new tokens "
+                    f"exceed this model's context of {limit} tokens; shorten the prompt or ask for fewer tokens"
+                )
+            out.append(p)
+        return out
 
     def plan(self, config: ReductionConfig) -> Plan:
         """The plan this model runs for `config`: in-LLM default layers placed at their relative depth."""
@@ -257,7 +288,9 @@ class Engine:
     def _choose(logits: torch.Tensor, gen: GenerationConfig, generator) -> torch.Tensor:
         if not gen.do_sample:
             return logits.argmax(dim=-1)
-        scores = logits / gen.temperature
+        # Shifted by the row maximum and in float64, so a tiny temperature (1e-300) still gives the greedy
+        # token probability 1 instead of inf/inf = NaN.
+        scores = (logits.double() - logits.double().amax(dim=-1, keepdim=True)) / gen.temperature
         if gen.top_k:
             kth = torch.topk(scores, min(gen.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -123,6 +123,23 @@ def test_sampling_is_seeded(engine):
     assert a[0].token_ids == b[0].token_ids
 
 
+def test_a_vanishing_temperature_samples_the_greedy_token(engine):
+    req = [Request(PROMPT, [make_image(11)])]
+    greedy = engine.generate(req, max_new_tokens=4)[0].token_ids
+    for t in (1e-300, 5e-324):
+        assert engine.generate(req, max_new_tokens=4, do_sample=True, temperature=t, seed=1)[0].token_ids == greedy
+
+
+def test_empty_invalid_and_overlong_prompts_are_named_errors(engine):
+    model_ctx = engine.context_length
+    with pytest.raises(ValueError, match="request 1: the prompt is empty and there is no image or video"):
+        engine.generate([Request(PROMPT, [make_image(0)]), Request("")], max_new_tokens=1)
+    with pytest.raises(ValueError, match="request 0: the prompt is not valid Unicode text .* at character 8"):
+        engine.generate([Request("<image>a\udc00b", [make_image(0)])], max_new_tokens=1)
+    with pytest.raises(ValueError, match=f"request 0: .* exceed this model's context of {model_ctx} tokens"):
+        engine.generate([Request(PROMPT, [make_image(0)])], max_new_tokens=model_ctx)
+
+
 def test_fastv_in_llm_infinite_budget_equals_stock(engine):
     request = Request(PROMPT, [make_image(12)])
     stock = engine.generate([request], max_new_tokens=8)[0]
