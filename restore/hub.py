@@ -1,4 +1,5 @@
-"""Resolve a model reference to a local directory: 'default', a folder, a cached hub id, or s3://."""
+"""Resolve a model reference to a local directory: 'default', a folder, a hub id already in the local
+Hugging Face cache, or s3:// (copied once into the restore cache)."""
 
 from __future__ import annotations
 
@@ -60,5 +61,21 @@ def resolve_model_path(ref: str) -> str:
     if path.exists():
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"model directory {path} has no config.json")
-        return str(path)
-    return ref  # a hub id: transformers resolves it from the local cache (no network here)
+        return str(path.resolve())
+    return cached_hub_model(ref)
+
+
+def cached_hub_model(ref: str) -> str:
+    """The local snapshot of hub id `ref` (owner/name) in the Hugging Face cache. Models are never fetched at
+    run time: every worker of a job would fetch its own copy, and an unknown id would be retried for minutes."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(ref, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, ValueError):
+        raise FileNotFoundError(
+            f"model {ref!r} is not a local directory, and not a hub model in the local Hugging Face cache; "
+            f"pass a model directory, s3://prefix, 'default' or random:ARCH, or download it first "
+            f"(`hf download {ref}`)"
+        ) from None

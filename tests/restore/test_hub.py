@@ -65,3 +65,19 @@ def test_s3_prefix_downloads_once_and_loads(s3_server, saved_model, tmp_path, mo
     assert len(cached) == 1 and (cached[0] / ".complete").exists()
     with pytest.raises(FileNotFoundError, match="no objects under s3://models/absent"):
         Engine.from_pretrained("s3://models/absent")
+
+
+def test_hub_ids_resolve_from_the_local_cache_only(tmp_path, monkeypatch):
+    from restore.hub import resolve_model_path
+
+    cache = tmp_path / "hf"
+    snapshot = cache / "models--someone--tiny" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--someone--tiny" / "refs").mkdir()
+    (cache / "models--someone--tiny" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    assert resolve_model_path("someone/tiny") == str(snapshot)
+    with pytest.raises(FileNotFoundError, match="'someone/nomodel' is not a local directory, and not a hub model"):
+        resolve_model_path("someone/nomodel")
