@@ -10,32 +10,7 @@ import sys
 from pydantic import ValidationError
 
 from jobs import label, serve  # light at import time: Ray loads only when `restore label|serve` runs
-
-
-def _reduction(args):
-    from restore import ReductionConfig, RestoreConfig
-    from restore.plan import validate
-
-    budget = None
-    if args.budget is not None:
-        budget = float(args.budget) if "." in args.budget else int(args.budget)
-    restore = RestoreConfig(
-        enabled=not args.no_restore, gamma=args.gamma, positions=args.positions, calibration=args.calibration
-    )
-    return validate(ReductionConfig(method=args.method, budget=budget, restore=restore))
-
-
-def _add_reduction_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="'default', a local dir, s3://prefix, or random:ARCH")
-    p.add_argument("--method", default="none", help="registered method (see `restore methods`)")
-    p.add_argument("--budget", default=None, help="visual tokens kept per image (int) or a ratio (0.25)")
-    p.add_argument("--no-restore", action="store_true", help="run the base method as its authors did")
-    p.add_argument("--gamma", type=float, default=0.5, help="share of the budget the base method keeps")
-    p.add_argument("--positions", default="median", choices=["original", "median", "compact"])
-    p.add_argument("--calibration", default="size+distance", choices=["off", "size", "size+distance"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--max-new-tokens", type=int, default=32)
+from jobs.flags import add_model_flags, add_reduction_flags, parse_budget, reduction_from_args
 
 
 def cmd_methods(args) -> int:
@@ -51,7 +26,7 @@ def cmd_methods(args) -> int:
 def cmd_run(args) -> int:
     from restore import Engine, Request
 
-    engine = Engine.from_pretrained(args.model, reduction=_reduction(args), device=args.device, dtype=args.dtype)
+    engine = Engine.from_pretrained(args.model, reduction=reduction_from_args(args), device=args.device, dtype=args.dtype)
     result = engine.generate([Request(args.prompt, [args.image])], max_new_tokens=args.max_new_tokens)[0]
     print(result.text)
     print(json.dumps(result.stats.as_dict(), indent=2))
@@ -63,18 +38,19 @@ def cmd_demo(args) -> int:
     import random
 
     from restore import Engine, ReductionConfig, Request
+    from restore.plan import validate
     from restore.prompts import DEFAULT_CAPTION_PROMPTS
     from restore.zoo import world
 
+    configs = [ReductionConfig()] + [
+        validate(ReductionConfig(method=m, budget=args.budget, restore={"enabled": on}))
+        for m in args.methods.split(",")
+        for on in (False, True)
+    ]
     scene = world.random_scene(random.Random(f"restore-demo:{args.seed}"))
     image = world.render(scene)
     engine = Engine.from_pretrained(args.model, device=args.device)
     prompt = engine.media_prompt(DEFAULT_CAPTION_PROMPTS["images"], 1)
-    configs = [ReductionConfig()] + [
-        ReductionConfig(method=m, budget=args.budget, restore={"enabled": on})
-        for m in args.methods.split(",")
-        for on in (False, True)
-    ]
     results = engine.generate([Request(prompt, [image], reduction=c) for c in configs], max_new_tokens=args.max_new_tokens)
     print(f"scene {args.seed}, true caption: {world.caption(scene)!r}")
     print(f"{'method':<10} {'restore':<8} {'tokens':>7} {'text'}")
@@ -88,9 +64,10 @@ def cmd_viz(args) -> int:
     """Draw the token map of one image under one method and budget, into a PNG."""
     from restore.viz import render_token_map
 
-    budget = float(args.budget) if "." in args.budget else int(args.budget)
+    reduction = reduction_from_args(args)  # an unknown method fails here, before the model loads
     image = render_token_map(
-        args.model, args.image, args.method, budget, args.restore, gamma=args.gamma, device=args.device, cell=args.cell
+        args.model, args.image, reduction.method, reduction.budget, reduction.restore.enabled,
+        gamma=reduction.restore.gamma, device=args.device, cell=args.cell,
     )
     try:
         image.save(args.output, format="PNG")
@@ -125,15 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="answer one prompt about one image")
     p.add_argument("--image", required=True)
     p.add_argument("--prompt", required=True, help="text; include <image> or rely on the chat template")
-    _add_reduction_flags(p)
+    add_model_flags(p, dtype=True)
+    add_reduction_flags(p, knobs=("gamma", "positions", "calibration"))
+    p.add_argument("--max-new-tokens", type=int, default=32)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("demo", help="a generated scene through full, base and RESTORE-wrapped reduction")
-    p.add_argument("--model", default="default")
-    p.add_argument("--methods", default="random,pool,visionzip,divprune")
-    p.add_argument("--budget", type=int, default=64)
+    add_model_flags(p)
+    p.add_argument("--methods", default="random,pool,visionzip,divprune", help="registered methods, comma separated")
+    p.add_argument("--budget", type=parse_budget, default=64, help="visual tokens kept per image (int) or a ratio")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
     p.add_argument("--max-new-tokens", type=int, default=56)
     p.set_defaults(fn=cmd_demo)
 
@@ -161,12 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("viz", help="draw which visual tokens a method keeps, merges and drops (LLaVA models)")
     p.add_argument("image", help="image file")
-    p.add_argument("--method", required=True, help="registered pre-LLM method (see `restore methods`)")
-    p.add_argument("--budget", required=True, help="visual tokens kept (int) or a ratio (0.25)")
-    p.add_argument("--restore", action=argparse.BooleanOptionalAction, default=True, help="wrap with RESTORE")
-    p.add_argument("--gamma", type=float, default=0.5, help="share of the budget the base method keeps")
-    p.add_argument("--model", default="default", help="'default', a local dir, or random:llava-tiny")
-    p.add_argument("--device", default="cpu")
+    add_reduction_flags(p, method=None, required=True, knobs=("gamma",),
+                        method_help="registered pre-LLM method (see `restore methods`)")
+    add_model_flags(p, model_help="'default', a local dir, or random:llava-tiny")
     p.add_argument("--cell", type=int, default=None, help="pixels per token side in the drawing")
     p.add_argument("-o", "--output", required=True, help="PNG file to write")
     p.set_defaults(fn=cmd_viz)

@@ -1,4 +1,4 @@
-"""`restore label images|videos ...`: parse flags -> LabelJob -> pipelines.batch.run.
+"""`restore label images|videos ...`: parse flags -> LabelJob -> pipelines.batch.run.run.
 
 Also a `ray job submit` entrypoint::
 
@@ -12,9 +12,7 @@ import json
 import logging
 import sys
 
-
-def _budget(text: str) -> int | float:
-    return float(text) if "." in text else int(text)
+from jobs.flags import add_model_flags, add_reduction_flags
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,10 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q = p.add_mutually_exclusive_group()
     q.add_argument("--prompt", help="caption prompt, or the one vqa question for every input")
     q.add_argument("--questions", help="vqa: JSONL file of {\"question\": ...} lines asked of every input")
-    p.add_argument("--model", help="'default', a local dir, s3://prefix, or random:ARCH")
-    p.add_argument("--method", help="reduction method (see `restore methods`)")
-    p.add_argument("--budget", type=_budget, help="visual tokens kept per image (int) or a ratio (0.25)")
-    p.add_argument("--no-restore", dest="restore", action="store_const", const=False, help="run the base method alone")
+    add_model_flags(p, model=None, device=None)  # the device follows --gpus-per-worker
+    add_reduction_flags(p, method=None, restore=None)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--gpus-per-worker", type=float)
     p.add_argument("--workers", help="MIN,MAX inference actors (autoscaled between them)")
@@ -46,7 +42,7 @@ _FIELDS = ("kind", "input", "output", "task", "prompt", "questions", "model", "m
 
 
 def job_from_args(args: argparse.Namespace):
-    from pipelines.config import LabelJob
+    from pipelines.batch.config import LabelJob
 
     flags = {k: getattr(args, k) for k in _FIELDS if getattr(args, k, None) is not None}
     if args.config:
@@ -55,7 +51,7 @@ def job_from_args(args: argparse.Namespace):
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from pipelines.batch import run
+    from pipelines.batch.run import run
 
     summary = run(job_from_args(args))
     print(json.dumps(summary.model_dump(), indent=2))

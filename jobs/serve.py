@@ -11,20 +11,15 @@ import logging
 import os
 import sys
 
-
-def _budget(text: str) -> int | float:
-    return float(text) if "." in text else int(text)
+from jobs.flags import add_model_flags, add_reduction_flags, reduction_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="'default', a local dir, s3://prefix, or random:ARCH")
-    p.add_argument("--method", default="none", help="default reduction method (requests may override)")
-    p.add_argument("--budget", type=_budget, default=None, help="visual tokens kept per image (int) or a ratio")
-    p.add_argument("--no-restore", action="store_true", help="run the base method without RESTORE by default")
+    add_model_flags(p, device="auto")
+    add_reduction_flags(p, method_help="default reduction method (requests may override)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless you mean otherwise)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set RESTORE_API_KEY)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--max-batch-size", type=int, default=8)
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=1)
@@ -33,26 +28,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from pipelines.serve import DeploymentSettings
-    from pipelines.service import ServeSettings
+    from pipelines.serve.settings import DeploymentSettings, ServeSettings
 
-    reduction = {"method": args.method, "budget": args.budget, "restore": {"enabled": not args.no_restore}}
     settings = ServeSettings(
-        model=args.model, reduction=reduction, device=args.device, max_batch_size=args.max_batch_size,
-        api_key=args.api_key or os.environ.get("RESTORE_API_KEY") or None,
+        model=args.model, reduction=reduction_from_args(args), device=args.device,
+        max_batch_size=args.max_batch_size, api_key=args.api_key or os.environ.get("RESTORE_API_KEY") or None,
         fetch={"allowed_hosts": args.allow_host},
     )
     gpus = args.num_gpus
-    if gpus is None:
-        import torch
-
-        gpus = 1.0 if args.device in ("auto", "cuda") and torch.cuda.is_available() else 0.0
+    if gpus is None:  # one GPU per replica when the model would run on CUDA here
+        gpus = 1.0 if settings.model_spec().resolved_device().startswith("cuda") and _cuda_visible() else 0.0
     deployment = DeploymentSettings(min_replicas=args.min_replicas, max_replicas=args.max_replicas, num_gpus=gpus)
     return settings, deployment
 
 
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pipelines.serve import run
+    from pipelines.serve.deployment import run
 
     settings, deployment = settings_from_args(args)
     print(f"restore serve: {settings.served_name()} on http://{args.host}:{args.port} "

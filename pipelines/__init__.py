@@ -1,1 +1,5 @@
-"""Everything Ray: Ray Data batch labeling and the Ray Serve endpoint, built on `restore`."""
+"""Everything Ray, built on `restore`: `media` (storage, decoding, URL fetching; shared), `rows` (the output
+row), `batch` (Ray Data labeling), `serve` (the Ray Serve endpoint), `bench` (pipeline benchmarks).
+
+`batch` and `serve` never import each other; nothing here imports `jobs`.
+"""

@@ -1,0 +1,180 @@
+"""Read and decode media: the bytes behind a URI (local or s3://), images and sampled video frames.
+
+Decoding never trusts the file name: bytes that are not an image or a video
+raise `DecodeError` naming the uri and the cause (corrupt, truncated, empty,
+unsupported), which the batch job turns into an error row and the online API
+into a 400. Shared by `pipelines.batch` and `pipelines.serve`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from pipelines.media.storage import filesystem
+
+logger = logging.getLogger(__name__)
+
+
+class SourceError(ValueError):
+    """An input that cannot be listed, read or decoded; the message names the uri and the cause."""
+
+
+class ReadError(SourceError):
+    """The bytes of an input could not be read."""
+
+
+class DecodeError(SourceError):
+    """The bytes of an input are not a decodable image or video (corrupt, truncated, empty, unsupported)."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_bytes(uri: str, endpoint_url: str | None = None, storage_options: dict[str, Any] | None = None) -> bytes:
+    try:
+        fs, path = filesystem(uri, endpoint_url, storage_options)
+        return fs.cat_file(path)
+    except Exception as err:  # backends raise many types (FileNotFoundError, botocore, OSError); keep the cause
+        raise ReadError(f"{uri}: cannot read ({_cause(err)})") from err
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _cause(err: BaseException) -> str:
+    """`Type: message` without the noise decoders add (BytesIO reprs, errno prefixes, '<none>' file names)."""
+    msg = getattr(err, "strerror", None) or str(err)
+    msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", msg)
+    msg = re.sub(r":\s*'<none>'$", "", msg).strip()
+    return f"{type(err).__name__}: {msg}" if msg else type(err).__name__
+
+
+def _fit(img: Image.Image, max_pixels: int | None) -> Image.Image:
+    """`img` shrunk (aspect kept) so that width*height <= max_pixels."""
+    w, h = img.size
+    if not max_pixels or w * h <= max_pixels:
+        return img
+    scale = math.sqrt(max_pixels / (w * h))
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC)
+
+
+def decode_image(data: bytes, uri: str, max_pixels: int | None = None) -> Image.Image:
+    """An RGB image (first frame of an animation), shrunk to `max_pixels`; DecodeError names uri and cause."""
+    if not data:
+        raise DecodeError(f"{uri}: empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # Image.open is lazy: truncation only shows when the pixels are read
+            out = img.convert("RGB")
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        raise DecodeError(f"{uri}: not a decodable image ({_cause(err)})") from err
+    return _fit(out, max_pixels)
+
+
+@dataclass
+class DecodedVideo:
+    frames: list[Image.Image]
+    timestamps: list[float]
+    fps: float | None  # rate of the sampled frames, what a video model needs for temporal positions
+    source_fps: float | None = None
+    duration: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _targets(duration: float, frames: int, fps: float | None) -> list[float]:
+    """Times to sample: every 1/fps s when fps is given and that fits in `frames`, else `frames` uniform."""
+    if fps:
+        n = max(1, math.floor(duration * fps))
+        if n <= frames:
+            return [i / fps for i in range(n)]
+    return [(i + 0.5) * duration / frames for i in range(frames)]
+
+
+def _select(decoded: Iterable[tuple[float, Any]], targets: list[float]) -> list[tuple[float, Any]]:
+    """For each target time the nearest decoded frame, in order, each frame at most once."""
+    chosen: list[tuple[float, Any]] = []
+    prev: tuple[float, Any] | None = None
+    j = 0
+    for cur in decoded:
+        while j < len(targets) and cur[0] >= targets[j]:
+            # A tie goes to the earlier frame: uniform targets fall exactly between frames when the clip
+            # has as many frames as asked, and taking the later one would skip the first and repeat the last.
+            pick = prev if prev is not None and targets[j] - prev[0] <= cur[0] - targets[j] else cur
+            if not chosen or chosen[-1][1] is not pick[1]:
+                chosen.append(pick)
+            j += 1
+        if j == len(targets):
+            break
+        prev = cur
+    if j < len(targets) and prev is not None and (not chosen or chosen[-1][1] is not prev[1]):
+        chosen.append(prev)  # targets past the last frame (rounded durations) get the last frame
+    return chosen
+
+
+def decode_video(
+    data: bytes, uri: str, frames: int = 8, fps: float | None = None, max_pixels: int | None = None
+) -> DecodedVideo:
+    """Sample `frames` frames uniformly (or at `fps`, at most `frames`) from a video given as bytes.
+
+    Frames are decoded in one pass and only the sampled ones are converted to
+    images. DecodeError names the uri and the cause (corrupt, truncated, empty,
+    no video stream, no decodable frame).
+    """
+    import av
+
+    if not data:
+        raise DecodeError(f"{uri}: empty file (0 bytes)")
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise DecodeError(f"{uri}: no video stream (audio-only or not a video)")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            source_fps = float(stream.average_rate) if stream.average_rate else None
+            duration = None
+            if stream.duration and stream.time_base:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration:
+                duration = container.duration / av.time_base
+
+            def timed():
+                for i, frame in enumerate(container.decode(stream)):
+                    t = frame.time
+                    if t is None:
+                        t = i / source_fps if source_fps else float(i)
+                    yield float(t), frame
+
+            if duration:
+                picked = _select(timed(), _targets(duration, frames, fps))
+            else:
+                # No duration in the container: keep every frame to learn it (rare; short clips).
+                logger.warning("%s: container has no duration; decoding every frame to sample", uri)
+                every = list(timed())
+                if every:
+                    step = 1.0 / source_fps if source_fps else 0.0
+                    duration = every[-1][0] - every[0][0] + step
+                    picked = _select(every, [every[0][0] + t for t in _targets(duration or 1.0, frames, fps)])
+                else:
+                    picked = []
+            images = [_fit(f.to_image().convert("RGB"), max_pixels) for _, f in picked]
+            times = [t for t, _ in picked]
+    except DecodeError:
+        raise
+    except Exception as err:  # PyAV raises InvalidDataError (a ValueError), other FFmpegErrors, OSError, ...
+        raise DecodeError(f"{uri}: not a decodable video ({_cause(err)})") from err
+    if not images:
+        raise DecodeError(f"{uri}: no decodable video frames")
+    if len(times) > 1 and times[-1] > times[0]:
+        sample_fps = (len(times) - 1) / (times[-1] - times[0])
+    else:
+        sample_fps = fps or source_fps
+    return DecodedVideo(images, times, sample_fps, source_fps, duration)

@@ -1,0 +1,71 @@
+"""The online endpoint on Ray Serve: the `RestoreServer` deployment, its application builder, and `run`.
+
+`RestoreServer` wraps `create_app(Service.load(settings))` (one model per
+replica) and reports the batcher's measurements to the speedup-aware
+autoscaling policy (`pipelines.serve.autoscaling`). `app_builder` is the entry
+for `serve run` / `serve deploy` / RayService (`import_path:
+pipelines.serve:app_builder`), `run` what `restore serve` calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.serve.app import create_app
+from pipelines.serve.autoscaling import SpeedupPolicy
+from pipelines.serve.batcher import Service
+from pipelines.serve.settings import DeploymentSettings, ServeSettings
+
+
+def deployment(settings: ServeSettings, dep: DeploymentSettings):
+    """The bound Serve application: `RestoreServer` with autoscaling from measured speedups."""
+    from ray import serve
+    from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, BackpressureConfig
+
+    @serve.ingress()
+    class RestoreServer:
+        def __init__(self, settings: dict) -> None:
+            self.service = Service.load(ServeSettings(**settings))
+
+        def __serve_build_asgi_app__(self):
+            return create_app(self.service)
+
+        def record_autoscaling_stats(self) -> dict[str, float]:
+            return self.service.autoscaling_stats()
+
+    autoscaling = AutoscalingConfig(
+        min_replicas=dep.min_replicas, max_replicas=dep.max_replicas, initial_replicas=dep.initial_replicas,
+        upscale_delay_s=dep.upscale_delay_s, downscale_delay_s=dep.downscale_delay_s,
+        metrics_interval_s=dep.metrics_interval_s, look_back_period_s=dep.look_back_period_s,
+        policy=AutoscalingPolicy(
+            policy_function=SpeedupPolicy,
+            policy_kwargs={"target_utilization": dep.target_utilization, "drain_s": dep.drain_s},
+        ),
+    )
+    server = serve.deployment(
+        RestoreServer, name="restore", autoscaling_config=autoscaling,
+        max_ongoing_requests=dep.max_ongoing_requests, max_queued_requests=dep.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=429, retry_after_s=dep.retry_after_s),
+        ray_actor_options={"num_cpus": dep.num_cpus, "num_gpus": dep.num_gpus},
+    )
+    return server.bind(settings.model_dump(mode="json"))
+
+
+def app_builder(args: dict[str, Any]):
+    """Serve application builder (`import_path: pipelines.serve:app_builder`): args = {settings, deployment}."""
+    unknown = set(args) - {"settings", "deployment"}
+    if unknown:
+        raise ValueError(f"unknown application args {sorted(unknown)}; expected 'settings' and 'deployment'")
+    return deployment(ServeSettings(**args.get("settings", {})), DeploymentSettings(**args.get("deployment", {})))
+
+
+def run(settings: ServeSettings, dep: DeploymentSettings, host: str = "127.0.0.1", port: int = 8000,
+        blocking: bool = True) -> None:
+    """Start Ray (local unless RAY_ADDRESS is set) and Serve on host:port, deploy, and wait until stopped."""
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(deployment(settings, dep), name="restore", route_prefix="/", blocking=blocking)
