@@ -16,22 +16,9 @@ from transformers import (
     LlavaProcessor,
 )
 
-from restore.archs import llava_processor, word_tokenizer
-from restore.zoo import world
-
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
-WORDS = sorted(
-    set(
-        "user assistant : ? . , a an the is are there what how many where which does at of in written "
-        "digit colour color shape shapes direction move moves describe image photo frame video this "
-        "yes no empty small large left right top bottom center above below up down".split()
-    )
-    | set(world.COLOURS)
-    | set(world.SHAPES)
-    | set(world.PLURALS.values())
-    | set(world.NUMBERS)
-    | {str(d) for d in range(10)}
-)
+from restore.archs import llava_processor
+from restore.zoo import tokenizer, world
+from restore.zoo.tokenizer import SPECIALS, WORDS  # noqa: F401  (re-exported: the vocabulary)
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }} :"
@@ -54,7 +41,7 @@ def build(seed: int = 0):
     import torch
 
     torch.manual_seed(seed)
-    tok = word_tokenizer(WORDS, SPECIALS)
+    tok = tokenizer.build()
     tok.chat_template = CHAT_TEMPLATE
     s = SHAPE
     text = LlamaConfig(
