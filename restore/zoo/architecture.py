@@ -20,8 +20,10 @@ from restore.archs import llava_processor
 from restore.zoo import tokenizer, world
 from restore.zoo.tokenizer import SPECIALS, WORDS  # noqa: F401  (re-exported: the vocabulary)
 
+# The world model has no system prompt: system messages are left out (their words are not the world's).
+# A text that carries its own '<image>' placeholders and no image parts renders as it is, placeholders in place.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] }} :"
+    "{% for message in messages if message['role'] != 'system' %}{{ message['role'] }} :"
     "{% if message['content'] is string %} {{ message['content'] }}"
     "{% else %}{% for c in message['content'] if c['type'] != 'text' %} <image>{% endfor %}"
     "{% for c in message['content'] if c['type'] == 'text' %} {{ c['text'] }}{% endfor %}{% endif %}"
