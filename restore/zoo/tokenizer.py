@@ -167,7 +167,8 @@ def rewrite_model_dir(model_dir: Path) -> Path:
     if backend.get_vocab(with_added_tokens=True) != want:
         raise ValueError(f"{path}: its vocabulary is not the world's ({len(want)} tokens); retrain instead")
     apply(backend)
-    path.write_text(json.dumps(json.loads(backend.to_str()), indent=2, ensure_ascii=False) + "\n")
+    # the layout transformers writes (save_pretrained), so that a retrain ships a byte-identical file
+    path.write_text(json.dumps(json.loads(backend.to_str()), indent=2, ensure_ascii=False))
     return path
 
 
