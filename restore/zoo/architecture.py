@@ -38,14 +38,19 @@ SHAPE = dict(vision_width=96, vision_depth=3, vision_heads=4, vision_mlp=256,
              text_width=192, text_depth=4, text_heads=4, text_mlp=512, rope_theta=1e6)
 
 
-def build(seed: int = 0):
-    """(model, processor) with fresh weights: the starting point of `python -m restore.zoo.train`."""
+def build(seed: int = 0, shape: dict | None = None):
+    """(model, processor) with fresh weights: the starting point of `python -m restore.zoo.train`.
+
+    `shape` overrides entries of `SHAPE` (e.g. a wider or deeper decoder)."""
     import torch
 
     torch.manual_seed(seed)
     tok = tokenizer.build()
     tok.chat_template = CHAT_TEMPLATE
-    s = SHAPE
+    unknown = set(shape or {}) - set(SHAPE)
+    if unknown:
+        raise ValueError(f"unknown shape keys {sorted(unknown)}; known: {', '.join(SHAPE)}")
+    s = {**SHAPE, **(shape or {})}
     text = LlamaConfig(
         vocab_size=len(tok), hidden_size=s["text_width"], intermediate_size=s["text_mlp"],
         num_hidden_layers=s["text_depth"], num_attention_heads=s["text_heads"], num_key_value_heads=s["text_heads"],
