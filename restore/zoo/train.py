@@ -26,6 +26,21 @@ is most of what makes a CPU training budget enough. Losses:
   digit, row and column of the target patches): it makes what the look layer
   finds reach the residual stream.
 The patch heads and the probes are training-only and are not shipped.
+
+Options aimed at the types the first shipped weights missed (all off by default):
+- `--relation-weight`: a probe at the answering token of relation questions, at hidden state
+  `--probe-layer`, must state the column order and the row order of the two named shapes
+  (`RelationHead`): the look heads bring both places, this asks for their comparison;
+- `--tally-weight`: a probe at the answering token of count questions must state how many shapes of
+  each colour and of each shape the scene holds (`TallyHead`);
+- `--kind-weights` (more of some question kinds), `--curriculum` (scenes of 2-3 shapes first),
+  `--blank-share` (scenes without shapes), `--shape` (a larger model).
+
+Runs are resumable: with `--checkpoint-dir`, `latest.pt` (model, probes, optimizer, step, the learning
+rate's step, RNG states, log) is replaced atomically every `--checkpoint-every` steps; `--resume`
+continues from it to the weights an uninterrupted run ends with (same device and thread count), and
+`--stop-after` ends a run early at a checkpoint (e.g. to fit a time slot). `--device cuda` trains on a
+GPU (float32) and evaluates the card there.
 """
 
 from __future__ import annotations
@@ -355,7 +370,8 @@ class QueryHead(nn.Module):
         if not gathers:
             return hidden.sum() * 0.0
         rows, pos, heads = _where(gathers, hidden.device)
-        logits = self.proj(hidden[rows, pos]).view(len(gathers), self.heads, -1)[torch.arange(len(gathers)), heads]
+        picked = torch.arange(len(gathers), device=heads.device)
+        logits = self.proj(hidden[rows, pos]).view(len(gathers), self.heads, -1)[picked, heads]
         target = torch.zeros_like(logits)
         for i, g in enumerate(gathers):
             target[i] = torch.isin(self.vocab, ids[g[0], g[3]]).float()
@@ -384,7 +400,8 @@ class ReadoutHead(nn.Module):
             return hidden.sum() * 0.0
         dev = hidden.device
         rows, pos, heads = _where(looks, dev)
-        logits = self.proj(hidden[rows, pos]).view(len(looks), self.heads, -1)[torch.arange(len(looks)), heads]
+        picked = torch.arange(len(looks), device=dev)
+        logits = self.proj(hidden[rows, pos]).view(len(looks), self.heads, -1)[picked, heads]
         weights = torch.stack([torch.from_numpy(e[3]) for e in looks]).to(dev)
         weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-6)
         total = hidden.new_zeros(())
@@ -726,7 +743,7 @@ def train(args) -> Path | None:
     if args.card_n:
         from restore.zoo.card import write_card
 
-        write_card(out, n=args.card_n)
+        write_card(out, n=args.card_n, device=args.device)
     return out
 
 
