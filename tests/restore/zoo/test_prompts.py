@@ -92,3 +92,11 @@ def test_out_of_world_pictures_get_answers_in_the_worlds_words(engine):
         for q, text in zip(asked, answers(engine, [Request(q, images=[image]) for q in asked]), strict=True):
             assert text.strip(), (name, q)
             assert set(text.split()) <= vocab, (name, q, text)
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="the engine does not check for prompts without tokens: "
+                   "a text-only prompt of words outside the vocabulary normalises to nothing and fails inside the "
+                   "forward pass (as '' always did) instead of a ValueError naming the request (issue #19)")
+def test_a_prompt_that_normalises_to_nothing_is_refused_by_name(engine):
+    with pytest.raises(ValueError, match="request 0"):
+        engine.generate([Request("hi")], max_new_tokens=2)
