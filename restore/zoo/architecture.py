@@ -16,25 +16,14 @@ from transformers import (
     LlavaProcessor,
 )
 
-from restore.archs import llava_processor, word_tokenizer
-from restore.zoo import world
+from restore.archs import llava_processor
+from restore.zoo import tokenizer, world
+from restore.zoo.tokenizer import SPECIALS, WORDS  # noqa: F401  (re-exported: the vocabulary)
 
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
-WORDS = sorted(
-    set(
-        "user assistant : ? . , a an the is are there what how many where which does at of in written "
-        "digit colour color shape shapes direction move moves describe image photo frame video this "
-        "yes no empty small large left right top bottom center above below up down".split()
-    )
-    | set(world.COLOURS)
-    | set(world.SHAPES)
-    | set(world.PLURALS.values())
-    | set(world.NUMBERS)
-    | {str(d) for d in range(10)}
-)
-
+# The world model has no system prompt: system messages are left out (their words are not the world's).
+# A text that carries its own '<image>' placeholders and no image parts renders as it is, placeholders in place.
 CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] }} :"
+    "{% for message in messages if message['role'] != 'system' %}{{ message['role'] }} :"
     "{% if message['content'] is string %} {{ message['content'] }}"
     "{% else %}{% for c in message['content'] if c['type'] != 'text' %} <image>{% endfor %}"
     "{% for c in message['content'] if c['type'] == 'text' %} {{ c['text'] }}{% endfor %}{% endif %}"
@@ -49,14 +38,19 @@ SHAPE = dict(vision_width=96, vision_depth=3, vision_heads=4, vision_mlp=256,
              text_width=192, text_depth=4, text_heads=4, text_mlp=512, rope_theta=1e6)
 
 
-def build(seed: int = 0):
-    """(model, processor) with fresh weights: the starting point of `python -m restore.zoo.train`."""
+def build(seed: int = 0, shape: dict | None = None):
+    """(model, processor) with fresh weights: the starting point of `python -m restore.zoo.train`.
+
+    `shape` overrides entries of `SHAPE` (e.g. a wider or deeper decoder)."""
     import torch
 
     torch.manual_seed(seed)
-    tok = word_tokenizer(WORDS, SPECIALS)
+    tok = tokenizer.build()
     tok.chat_template = CHAT_TEMPLATE
-    s = SHAPE
+    unknown = set(shape or {}) - set(SHAPE)
+    if unknown:
+        raise ValueError(f"unknown shape keys {sorted(unknown)}; known: {', '.join(SHAPE)}")
+    s = {**SHAPE, **(shape or {})}
     text = LlamaConfig(
         vocab_size=len(tok), hidden_size=s["text_width"], intermediate_size=s["text_mlp"],
         num_hidden_layers=s["text_depth"], num_attention_heads=s["text_heads"], num_key_value_heads=s["text_heads"],

@@ -1,0 +1,39 @@
+"""The model card: the recipe's flags, the pending-retrain note, and how prompts are read."""
+
+import json
+import shutil
+
+from restore.hub import DEFAULT_MODEL_DIR
+from restore.zoo import card
+
+RESULT = {"accuracy": {"count": 0.95, "relation": 0.5}, "caption_f1": 0.91, "average": 0.79}
+
+
+def folder_with(tmp_path, args: dict):
+    shutil.copy(DEFAULT_MODEL_DIR / "config.json", tmp_path / "config.json")
+    log = [{"step": 1, "lm": 1.0, "patch": 1.0, "seconds": 60.0}]
+    (tmp_path / "training.json").write_text(json.dumps({"args": args, "log": log}))
+    return tmp_path
+
+
+def test_card_of_weights_older_than_the_recipe_options_says_a_retrain_is_pending(tmp_path):
+    shipped = json.loads((DEFAULT_MODEL_DIR / "training.json").read_text())["args"]
+    text = card.render_card(folder_with(tmp_path, shipped), RESULT, 4321, 100)
+    assert "a retrain with them is pending" in text and "`--relation-weight`" in text
+    assert "| What is in this picture? | `describe the image .` |" in text
+    assert "--device" not in text.split("## Training")[1].split("\n\n")[0]  # run-only flags are not the recipe
+    assert "relation 0.50 (target 0.90)" in text and "count" not in text.split("Below the project's target")[1]
+
+
+def test_card_of_a_v2_run_names_the_options_it_used(tmp_path):
+    v2 = {"seed": 0, "steps": 10, "relation_weight": 1.0, "tally_weight": 0.5, "kind_weights": "count=2",
+          "curriculum": 0, "blank_share": 0.0, "shape": "", "device": "cuda", "out": "/x", "resume": True,
+          "checkpoint_dir": "/ckpt", "threads": 1}
+    text = card.render_card(folder_with(tmp_path, v2), RESULT, 4321, 100)
+    assert "pending" not in text
+    assert "compare" not in text and "column and row order" in text and "tallies" in text
+    assert "scenes of 2-3 shapes" not in text  # curriculum 0: off
+    flags = card.recipe_flags(v2)
+    assert flags == "--seed 0 --steps 10 --relation-weight 1.0 --tally-weight 0.5 --kind-weights count=2 " \
+                    "--curriculum 0 --blank-share 0.0"
+    assert "on this machine's CUDA" in " ".join(text.split())
