@@ -27,7 +27,8 @@ def cmd_run(args) -> int:
     from restore import Engine, Request
 
     engine = Engine.from_pretrained(args.model, reduction=reduction_from_args(args), device=args.device, dtype=args.dtype)
-    result = engine.generate([Request(args.prompt, [args.image])], max_new_tokens=args.max_new_tokens)[0]
+    prompt = engine.media_prompt(args.prompt, 1)
+    result = engine.generate([Request(prompt, [args.image])], max_new_tokens=args.max_new_tokens)[0]
     print(result.text)
     print(json.dumps(result.stats.as_dict(), indent=2))
     return 0

@@ -7,9 +7,11 @@ One place for every caller: the adapters (`build_prompt`), the batch job and the
   the video).
 - A prompt without placeholders goes through the processor's chat template when it has one
   (or when the request asks for it with `chat=True`).
-- Otherwise the library refuses a prompt whose placeholders do not match its media, while
-  `media_prompt` (the pipelines' lenient form, for prompts typed by users of a corpus job or
-  an HTTP client) puts one image placeholder per image in front of the text.
+- Otherwise the library refuses a prompt whose placeholders do not match its media.
+- Text typed by a user (a corpus job, an HTTP client, `restore run`) first goes through
+  `media_prompt`, which makes it one of the above: placeholders in front when the processor has
+  no template; with a template, typed placeholders are taken out so the template places the
+  images, unless the text is already a whole conversation.
 """
 
 from __future__ import annotations
@@ -78,10 +80,32 @@ def build_prompt(
     return request.prompt
 
 
+def generation_suffix(processor) -> str:
+    """What the chat template appends to ask for an answer ('assistant :', 'ASSISTANT:', ...); '' if unknown."""
+    probe = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    try:
+        asked = processor.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+        plain = processor.apply_chat_template(probe, add_generation_prompt=False, tokenize=False)
+    except Exception:  # a template that cannot render this probe places nothing we can recognise
+        return ""
+    return asked[len(plain) :].strip() if asked.startswith(plain) else ""
+
+
 def media_prompt(processor, image: str, text: str, count: int) -> str:
-    """The prompt for `count` images typed by a user: as given when the processor has a chat template or
-    the text has placeholders; else one placeholder per image in front (LLaVA-1.5 takes a video's frames
-    as images)."""
-    if _template(processor) is not None or image in text or not count:
+    """The prompt for `count` images typed by a user (the batch job, the server, `restore run`).
+
+    With a chat template, the template places the images: placeholders the user typed (one per image) are
+    taken out, unless the text is already a whole conversation ending where the answer starts (LLaVA-1.5's
+    'USER: <image>\\n... ASSISTANT:'), which is kept as given. Without a template, the text is kept when it
+    has placeholders, else one placeholder per image goes in front (LLaVA-1.5 takes a video's frames as
+    images).
+    """
+    if _template(processor) is not None:
+        if count and text.count(image) == count:
+            suffix = generation_suffix(processor)
+            if not (suffix and text.rstrip().endswith(suffix)):
+                return " ".join(text.replace(image, " ").split())
+        return text
+    if image in text or not count:
         return text
     return " ".join([image] * count + [text])

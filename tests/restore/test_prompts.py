@@ -12,7 +12,7 @@ class _Processor:
 
     def apply_chat_template(self, messages, add_generation_prompt, tokenize):
         kinds = [c["type"] for c in messages[0]["content"]]
-        return f"USER: {' '.join(kinds)} ASSISTANT:"
+        return f"USER: {' '.join(kinds)}" + (" ASSISTANT:" if add_generation_prompt else "")
 
 
 def test_placeholders_as_given_else_the_chat_template():
@@ -35,3 +35,8 @@ def test_media_prompt_puts_placeholders_in_front_only_without_template_or_placeh
     assert media_prompt(_Processor(None), "<image>", "<image> describe", 1) == "<image> describe"
     assert media_prompt(_Processor("t"), "<image>", "describe", 1) == "describe"
     assert media_prompt(_Processor(None), "<image>", "hello", 0) == "hello"
+    # With a template, the template places the images: typed placeholders come out, unless the text is a
+    # whole conversation already.
+    assert media_prompt(_Processor("t"), "<image>", "<image> describe", 1) == "describe"
+    assert media_prompt(_Processor("t"), "<image>", "USER: <image> hi ASSISTANT:", 1) == "USER: <image> hi ASSISTANT:"
+    assert media_prompt(_Processor("t"), "<image>", "<image> <image> two", 1) == "<image> <image> two"

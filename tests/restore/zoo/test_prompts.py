@@ -11,7 +11,7 @@ from restore.engine import Engine
 from restore.request import Request
 from restore.zoo import architecture, tokenizer, world
 from tests.restore.zoo import phrasings
-from tests.scenes import HAND
+from tests.helpers.scenes import HAND
 
 CAPTION_TOKENS, SHORT_TOKENS = 56, 4  # restore.zoo.evaluate's budgets
 
@@ -68,12 +68,12 @@ def test_chat_template_and_a_formatted_raw_prompt_agree(engine):
     assert got == ["red", "red"]
 
 
-@pytest.mark.xfail(strict=True, reason="the prompt policy sends a prompt with its own placeholders raw, without the "
-                   "chat template's 'user :' and 'assistant :' the model was trained with (issue #19)")
 def test_a_prompt_with_its_own_placeholder_is_answered(engine):
     image = world.render(HAND)
-    got = answers(engine, [Request("<image> describe the image .", images=[image])])
-    assert got == [world.caption(HAND)]
+    # As a user types it (restore run, the server, a corpus job): the chat template places the image.
+    typed = Request(engine.media_prompt("<image> describe the image .", 1), images=[image])
+    got = answers(engine, [typed, Request("describe the image .", images=[image])])
+    assert got[0] == got[1] and got[0].startswith("top left : ")
 
 
 def out_of_world_pictures() -> dict[str, Image.Image]:
@@ -94,9 +94,6 @@ def test_out_of_world_pictures_get_answers_in_the_worlds_words(engine):
             assert set(text.split()) <= vocab, (name, q, text)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason="the engine does not check for prompts without tokens: "
-                   "a text-only prompt of words outside the vocabulary normalises to nothing and fails inside the "
-                   "forward pass (as '' always did) instead of a ValueError naming the request (issue #19)")
 def test_a_prompt_that_normalises_to_nothing_is_refused_by_name(engine):
     with pytest.raises(ValueError, match="request 0"):
         engine.generate([Request("hi")], max_new_tokens=2)

@@ -12,7 +12,7 @@ from restore.zoo import architecture, tokenizer, world
 from restore.zoo.train import sample_batch
 from tests.restore.zoo import phrasings
 from tests.restore.zoo.phrasings import CLIP_PHRASINGS, IMAGE_PHRASINGS, clip_fields, filled, scene_fields
-from tests.scenes import HAND
+from tests.helpers.scenes import HAND
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from restore.hub import DEFAULT_MODEL_DIR
 from restore.zoo import train, world
-from tests.scenes import HAND
+from tests.helpers.scenes import HAND
 
 # Every optional part of the recipe on, at a size that runs in seconds on one CPU thread.
 SMALL = ["--steps", "4", "--warmup", "2", "--images", "1", "--turns", "4", "--clip-share", "0.4", "--threads", "1",
