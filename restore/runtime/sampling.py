@@ -30,6 +30,9 @@ class Sampler:
             self.top_p = torch.tensor([g.top_p for g in rows], device=device)
             self.max_k = max(g.top_k for g in rows)
             self.any_top_p = any(g.top_p < 1.0 for g in rows)
+            unseeded = [j for j, i in enumerate(self.sample) if self.generators[i] is None]
+            self.unseeded = torch.tensor(unseeded, device=device) if unseeded else None
+            self.seeded = [(j, self.generators[i]) for j, i in enumerate(self.sample) if self.generators[i] is not None]
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         """(B,) chosen token ids from (B, V) float logits."""
@@ -50,13 +53,10 @@ class Sampler:
             scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
         probs = torch.softmax(scores, dim=-1)
         drawn = torch.empty(len(self.sample), dtype=torch.long, device=logits.device)
-        unseeded = [j for j, i in enumerate(self.sample) if self.generators[i] is None]
-        if unseeded:
-            idx = torch.tensor(unseeded, device=logits.device)
-            drawn[idx] = torch.multinomial(probs[idx], 1)[:, 0]
-        for j, i in enumerate(self.sample):
-            if self.generators[i] is not None:
-                drawn[j] = torch.multinomial(probs[j : j + 1], 1, generator=self.generators[i])[0, 0]
+        if self.unseeded is not None:
+            drawn[self.unseeded] = torch.multinomial(probs[self.unseeded], 1)[:, 0]
+        for j, generator in self.seeded:
+            drawn[j] = torch.multinomial(probs[j : j + 1], 1, generator=generator)[0, 0]
         tokens[self.rows] = drawn
         return tokens
 

@@ -372,7 +372,8 @@ class Scheduler:
                 finished.append(i)
                 continue
             work.tokens.append(tok)
-            delta = work.detok.push(tok)
+            # Text deltas only when someone reads them: a stream or stop strings.
+            delta = work.detok.push(tok) if work.on_token is not None or work.stops.stops else ""
             if work.on_token is not None:
                 try:
                     work.on_token(tok, delta)
