@@ -47,6 +47,15 @@ class ForwardContext:
         self._masks: dict[tuple, torch.Tensor] = {}
         self._stage_rope: dict[int, tuple] = {}
 
+    @classmethod
+    def decoding(cls, rope: RopeSpec, layouts: list[Layout]) -> ForwardContext:
+        """A context for decode steps over `layouts`, one per run of decoder layers (a running batch's
+        segments, `restore.runtime.batch`); `begin_decode` extends them in place."""
+        ctx = cls(rope, layouts[0])
+        ctx.layouts = layouts
+        ctx.phase = "decode"
+        return ctx
+
     def layout_for(self, layer: int) -> Layout:
         current = self.layouts[0]
         for lay in self.layouts[1:]:

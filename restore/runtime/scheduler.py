@@ -74,7 +74,7 @@ class _Work:
     layer_tokens: list[int] = field(default_factory=list)
     cost: int = 0
     # after prefill
-    final: SampleSeq | None = None  # after every in-LLM stage
+    info: dict = field(default_factory=dict)  # Stats fields read from its sequences
     batch_size: int = 0
     full_ms: float = 0.0
     joined: float = 0.0
@@ -85,6 +85,19 @@ class _Work:
     stops: StopWatch | None = None
     generator: torch.Generator | None = None
     error: BaseException | None = None  # raised by its on_token callback
+
+
+def _seq_stats(full: SampleSeq, final: SampleSeq) -> dict:
+    """Stats fields of a request from its full sequence and the one its last stage kept."""
+    sizes = torch.cat([final.sizes[s.start : s.end] for s in final.spans]) if final.spans else torch.zeros(0)
+    return {
+        "visual_tokens": sum(s.length for s in full.spans),
+        "kept_tokens": int(sizes.numel()),
+        "size_min": float(sizes.min()) if sizes.numel() else 0.0,
+        "size_mean": float(sizes.mean()) if sizes.numel() else 0.0,
+        "size_max": float(sizes.max()) if sizes.numel() else 0.0,
+        "prompt_tokens": final.length,
+    }
 
 
 class Handle:
@@ -243,7 +256,12 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._closing:
-            if not self.step():
+            try:
+                busy = self.step()
+            except Exception:
+                logger.exception("scheduler step failed; its running requests were failed with the error")
+                continue
+            if not busy:
                 with self._wakeup:
                     if self.idle() and not self._closing:
                         self._wakeup.wait(timeout=1.0)
@@ -257,9 +275,16 @@ class Scheduler:
         """Admit, decode one token for every running request, retire; True while work remains."""
         with self._step_lock, torch.inference_mode():
             self._drop_cancelled()
-            self._admit()
-            if self._rows:
-                self._decode_step()
+            try:
+                self._admit()
+                if self._rows:
+                    self._decode_step()
+            except Exception as err:
+                # The batch may be half updated: every running request fails with the error, nothing hangs.
+                for work in self._rows:
+                    work.handle._finish(None, err)
+                self._rows, self._batch, self._sampler = [], None, None
+                raise
             return not self.idle()
 
     def _drop_cancelled(self) -> None:
@@ -335,7 +360,8 @@ class Scheduler:
             if pre.layer_tokens[i] != work.layer_tokens:  # the plan's count and the prefill's must agree
                 logger.warning("request %d: planned cache %s, prefilled %s", work.id, work.layer_tokens, pre.layer_tokens[i])
                 work.layer_tokens = pre.layer_tokens[i]
-            work.final = pre.seqs[i]
+            work.info = _seq_stats(work.seq, pre.seqs[i])
+            work.prepared = work.seq = work.reduced = None  # the cache holds what decoding needs
             work.batch_size = len(group)
             work.timings = {**work.timings, "prefill_ms": pre.timings["prefill_ms"]}
             work.full_ms = pre.timings["prefill_ms"] * self.engine._full_over_run(pre.full_tokens[i], work.layer_tokens)
@@ -346,11 +372,16 @@ class Scheduler:
             if gen.do_sample and gen.seed is not None:
                 work.generator = torch.Generator(device=self.engine.device).manual_seed(gen.seed)
         next_pos = torch.stack([s.next_position for s in pre.seqs]).to(self.engine.device)
-        batch = DecodeBatch(pre.layouts, pre.cache, pre.logits, next_pos, [list(w.layer_tokens) for w in group])
-        if self._batch is None:
-            self._batch = batch
-        else:
-            self._batch.merge(batch)
+        try:
+            batch = DecodeBatch(pre.layouts, pre.cache, pre.logits, next_pos, [list(w.layer_tokens) for w in group])
+            if self._batch is None:
+                self._batch = batch
+            else:
+                self._batch.merge(batch)
+        except Exception as err:
+            for w in group:
+                w.handle._finish(None, err)
+            raise
         self._rows.extend(group)
         self._sampler = None
 
@@ -409,8 +440,7 @@ class Scheduler:
         """One decode step of the running batch, feeding each row its chosen token."""
         batch, engine = self._batch, self.engine
         positions = batch.next_pos[:, None, :]
-        ctx = ForwardContext(engine.rope, batch.layouts[0])
-        ctx.layouts = batch.layouts
+        ctx = ForwardContext.decoding(engine.rope, batch.layouts)
         ctx.begin_decode(positions)  # every layout gains the new token
         with active(ctx):
             out = engine.adapter.text_model(
@@ -427,18 +457,12 @@ class Scheduler:
         if work.error is not None:
             work.handle._finish(None, work.error)
             return
-        seq, cfg = work.final, work.plan.config
-        sizes = torch.cat([seq.sizes[s.start : s.end] for s in seq.spans]) if seq.spans else torch.zeros(0)
+        cfg = work.plan.config
         stats = Stats(
             method=cfg.method,
             budget=cfg.budget,
             restore=cfg.restore.enabled and cfg.reduces,
-            visual_tokens=sum(s.length for s in work.seq.spans),
-            kept_tokens=int(sizes.numel()),
-            size_min=float(sizes.min()) if sizes.numel() else 0.0,
-            size_mean=float(sizes.mean()) if sizes.numel() else 0.0,
-            size_max=float(sizes.max()) if sizes.numel() else 0.0,
-            prompt_tokens=seq.length,
+            **work.info,
             encode_ms=work.timings["encode_ms"],
             reduce_ms=work.timings["reduce_ms"],
             prefill_ms=work.timings["prefill_ms"],

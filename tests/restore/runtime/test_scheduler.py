@@ -54,7 +54,7 @@ def check_rows_as_alone(engine: Engine, scheduler: Scheduler, references: dict) 
     for row, work in enumerate(scheduler._rows):
         ref = references.get(work.id)
         if ref is None:
-            ref = scheduler.engine._prefill([work.prepared], [work.plan])
+            ref = engine._prefill([engine.adapter.prepare(work.request, 0)], [work.plan])
             references[work.id] = ref
         fed = lengths[row][0] - ref.layer_tokens[0][0]
         assert lengths[row] == [n + fed for n in ref.layer_tokens[0]]
@@ -330,3 +330,17 @@ def test_default_model_join_and_leave_as_alone():
     handles = run_staggered(scheduler, arrivals, cancel={"none": 1},
                             each_step=lambda s: check_rows_as_alone(engine, s, references))
     assert_as_alone(engine, arrivals, handles, cancelled={"none"}, atol=1e-4)
+
+
+def test_a_failing_stream_callback_fails_only_its_request(engine):
+    scheduler = Scheduler(engine)
+
+    def broken(token, text):
+        raise RuntimeError("client went away")
+
+    bad = scheduler.submit(Request(PROMPT, [make_image(71)]), gen(5), on_token=broken)
+    good = scheduler.submit(Request(PROMPT, [make_image(72)]), gen(5))
+    scheduler.run_until_idle()
+    with pytest.raises(RuntimeError, match="client went away"):
+        bad.result()
+    assert good.result().token_ids == alone(engine, Request(PROMPT, [make_image(72)]), gen(5))[0]
