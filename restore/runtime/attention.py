@@ -150,6 +150,14 @@ def restore_attention(module, query, key, value, attention_mask, dropout: float 
     )
 
 
+def restore_mask(*args, **kwargs):
+    """The stock SDPA mask, except while a context is active: `restore_attention` then builds its own masks
+    and ignores this one, so building it (and the host sync its all-ones check costs) is skipped."""
+    if _ACTIVE.get() is not None:
+        return None
+    return sdpa_mask(*args, **kwargs)
+
+
 def _layer_pre_hook(layer: int):
     def hook(module, args, kwargs):
         ctx = _ACTIVE.get()
@@ -161,7 +169,7 @@ def _layer_pre_hook(layer: int):
 def install(model, text_model) -> None:
     """Register the attention function and stage hooks on a loaded model (idempotent)."""
     AttentionInterface.register(ATTENTION_NAME, restore_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    AttentionMaskInterface.register(ATTENTION_NAME, restore_mask)
     if getattr(model, "_restore_installed", False):
         return
     model.set_attn_implementation({"text_config": ATTENTION_NAME, "vision_config": "sdpa"})

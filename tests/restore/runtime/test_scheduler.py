@@ -344,3 +344,36 @@ def test_a_failing_stream_callback_fails_only_its_request(engine):
     with pytest.raises(RuntimeError, match="client went away"):
         bad.result()
     assert good.result().token_ids == alone(engine, Request(PROMPT, [make_image(72)]), gen(5))[0]
+
+
+def test_a_decode_step_moves_only_the_chosen_tokens_to_the_host(engine, monkeypatch):
+    """Whatever the number of rows, their stop strings, streams and sampling settings, one decode step reads
+    the device once: the chosen ids (the stock mask's all-ones check is skipped while our context runs)."""
+    names = ["tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"]
+    calls: list[str] = []
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, **kwargs):
+            calls.append(name)
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    settings = [gen(20, stop=["zzz"]), gen(20, do_sample=True, top_k=5, seed=1), gen(20, do_sample=True, top_p=0.8),
+                gen(20)]
+    for rows in (1, 4):
+        scheduler = Scheduler(engine)
+        for i in range(rows):
+            reduction = ReductionConfig(method="fastv", budget=4, layer=1) if i % 2 else None
+            scheduler.submit(Request(PROMPT, [make_image(80 + i)], reduction=reduction), settings[i],
+                             on_token=lambda t, d: None)
+        scheduler.step()  # prefill and the first token
+        with monkeypatch.context() as mp:
+            for name in names:
+                mp.setattr(torch.Tensor, name, counted(name))
+            calls.clear()
+            scheduler._decode_step()
+        assert scheduler.running == rows
+        assert calls == ["tolist"], calls
