@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers.cache_utils import DynamicLayer
 
 from restore.runtime.layout import Layout
 
@@ -99,7 +99,7 @@ def _pad_kv(t: torch.Tensor, length: int) -> torch.Tensor:
 
 def _layers(cache: DynamicCache) -> list[DynamicLayer]:
     for layer in cache.layers:
-        if type(layer) is not DynamicLayer or isinstance(layer, DynamicSlidingWindowLayer):
+        if type(layer) is not DynamicLayer:  # sliding-window, static, quantized layers: not supported
             raise NotImplementedError(
                 f"continuous batching needs full-attention DynamicLayer caches; this model's cache has "
                 f"{type(layer).__name__} layers"
