@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from restore.config import GenerationConfig, ModelConfig, ReductionConfig, RestoreConfig
     from restore.engine import Engine
     from restore.request import Request, Result
+    from restore.runtime.scheduler import Scheduler
 
 _HOME = {
     "Engine": "restore.engine",
@@ -23,6 +24,7 @@ _HOME = {
     "Request": "restore.request",
     "RestoreConfig": "restore.config",
     "Result": "restore.request",
+    "Scheduler": "restore.runtime.scheduler",
 }
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "Request",
     "RestoreConfig",
     "Result",
+    "Scheduler",
 ]
 
 

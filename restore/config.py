@@ -139,7 +139,8 @@ class GenerationConfig(_Strict):
     temperature: float = Field(1.0, gt=0.0, le=5.0, description="Softmax temperature when sampling.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass when sampling.")
     top_k: int = Field(0, ge=0, description="Keep only the k most likely tokens when sampling (0: all).")
-    seed: int | None = Field(None, description="Seed for sampling; None draws from torch's global generator.")
+    seed: int | None = Field(None, description="Seed for sampling: the request draws from its own generator "
+                             "seeded with it, whatever it is batched with; None draws from torch's global generator.")
     stop: list[str] = Field(default_factory=list, description="Stop strings; the text is cut before them.")
 
 

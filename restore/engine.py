@@ -3,7 +3,8 @@
 One call of `generate` runs the whole batch together: the vision tower on every
 image at once, reduction per sample (each request may carry its own method and
 budget), one left-padded prefill through the stock text model, and a batched
-decode loop. Per-sample layouts, positions and the calibration bias reach the
+decode loop (`restore.runtime.scheduler`, which also serves requests that join
+and leave a running batch). Per-sample layouts, positions and the calibration bias reach the
 stock attention through `restore.runtime` (`layout`, `stages`, `attention`).
 """
 
@@ -23,9 +24,10 @@ from restore.hub import resolve_model_path
 from restore.models import adapter_for
 from restore.plan import Plan, fit_layers, validate
 from restore.prompts import media_prompt
-from restore.request import Request, Result, Stats
+from restore.request import Request, Result
 from restore.runtime.attention import ForwardContext, active, install
 from restore.runtime.layout import pad_batch
+from restore.runtime.scheduler import Scheduler
 from restore.runtime.stages import Stages
 from restore.sequence import SampleSeq
 
@@ -49,6 +51,7 @@ class _Prefill:
     timings: dict[str, float]
     layer_tokens: list[list[int]]  # per sample: the tokens each decoder layer ran on
     full_tokens: list[int]  # per sample: the sequence length with every visual token
+    layouts: list  # the Layout of each stage, the first being the batch as prefilled
 
 
 class Engine:
@@ -102,7 +105,10 @@ class Engine:
         on_token: Callable[[int, int], None] | None = None,
         **options,
     ) -> list[Result]:
-        """Answer every request in one batch; `options` are GenerationConfig fields overriding `generation`.
+        """Answer every request; `options` are GenerationConfig fields overriding `generation`.
+
+        The requests are submitted to a fresh `Scheduler` without limits, so they are encoded and prefilled
+        as one batch and decode together, each leaving the batch as soon as it is done.
 
         `on_token(i, token_id)` is called for each token request i generates, as it is chosen (streaming);
         the end-of-sequence token is not passed.
@@ -113,10 +119,18 @@ class Engine:
         generation = GenerationConfig(**{**base, **options})
         if not requests:
             return []
-        plans = [self.plan(r.reduction or self.reduction) for r in requests]
-        prepared = self.prepare(requests, generation.max_new_tokens)
-        with torch.inference_mode():
-            return self._run(prepared, plans, generation, on_token)
+        scheduler = Scheduler(self, prefill_group=len(requests))
+        handles = []
+        for i, request in enumerate(requests):
+            cb = None if on_token is None else (lambda tok, _text, i=i: on_token(i, tok))
+            handles.append(scheduler.submit(request, generation, cb, index=i))
+        scheduler.run_until_idle()
+        return [h.result() for h in handles]
+
+    def scheduler(self, max_batch_tokens: int | None = None, max_running: int | None = None,
+                  prefill_group: int = 8) -> Scheduler:
+        """A continuous-batching scheduler over this engine (`restore.runtime.scheduler`)."""
+        return Scheduler(self, max_batch_tokens=max_batch_tokens, max_running=max_running, prefill_group=prefill_group)
 
     def score(self, requests: Sequence[Request]) -> torch.Tensor:
         """(B, V) float logits of the next token after each prompt, with each request's reduction."""
@@ -137,44 +151,66 @@ class Engine:
         """Each request through the processor, refused with a ValueError naming it when its text is not valid
         Unicode, when it is empty (no text token and no media), or when its prompt (every visual token
         counted: positions are never compacted under RESTORE) plus `max_new_tokens` exceeds the context."""
-        out = []
-        for i, r in enumerate(requests):
-            try:
-                r.prompt.encode("utf-8")
-            except UnicodeEncodeError as err:
-                raise ValueError(
-                    f"request {i}: the prompt is not valid Unicode text ({err.reason} at character {err.start}); "
-                    "send UTF-8 text"
-                ) from None
-            p = self.adapter.prepare(r, i)
-            length = int(p.input_ids.numel())
-            if length == 0:
-                raise ValueError(f"request {i}: the prompt is empty and there is no image or video; give some text")
-            limit = self.context_length
-            if limit is not None and length + max_new_tokens > limit:
-                raise ValueError(
-                    f"request {i}: {length} prompt tokens (visual tokens included) + {max_new_tokens} new tokens "
-                    f"exceed this model's context of {limit} tokens; shorten the prompt or ask for fewer tokens"
-                )
-            out.append(p)
-        return out
+        return [self.prepare_one(r, i, max_new_tokens) for i, r in enumerate(requests)]
+
+    def prepare_one(self, request: Request, index: int, max_new_tokens: int = 0):
+        """`prepare` for one request, named `index` in errors."""
+        try:
+            request.prompt.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"request {index}: the prompt is not valid Unicode text ({err.reason} at character {err.start}); "
+                "send UTF-8 text"
+            ) from None
+        p = self.adapter.prepare(request, index)
+        length = int(p.input_ids.numel())
+        if length == 0:
+            raise ValueError(f"request {index}: the prompt is empty and there is no image or video; give some text")
+        limit = self.context_length
+        if limit is not None and length + max_new_tokens > limit:
+            raise ValueError(
+                f"request {index}: {length} prompt tokens (visual tokens included) + {max_new_tokens} new tokens "
+                f"exceed this model's context of {limit} tokens; shorten the prompt or ask for fewer tokens"
+            )
+        return p
 
     def plan(self, config: ReductionConfig) -> Plan:
         """The plan this model runs for `config`: in-LLM default layers placed at their relative depth."""
         return Plan.of(fit_layers(config, len(self.adapter.text_model.layers)))
 
-    def _prefill(self, prepared, plans: list[Plan]) -> _Prefill:
+    def check_plan(self, plan: Plan) -> Plan:
+        """`plan` when its in-LLM layers fit this model; else a ValueError naming the field to change."""
+        depth = len(self.adapter.text_model.layers)
+        if plan.reduces and plan.in_llm and plan.layers and plan.layers[-1] >= depth:
+            raise ValueError(
+                f"reduction layer {plan.layers[-1]} is beyond this model's {depth} decoder layers; "
+                f"set ReductionConfig.layer (or the method's layers option) below {depth}"
+            )
+        return plan
+
+    def _encode(self, prepared, plans: list[Plan]) -> tuple[list[SampleSeq], list[SampleSeq], dict[str, float]]:
+        """The vision tower on a group of prepared requests, then each one's pre-LLM reduction: the full
+        sequences, the sequences the LLM will take, and the group's timings."""
         self._sync()
         t0 = time.perf_counter()
         seqs = self.adapter.encode(prepared)
         self._sync()
         t_encode = time.perf_counter()
-        visual = [sum(s.length for s in seq.spans) for seq in seqs]
         reduced = []
         for seq, plan in zip(seqs, plans, strict=True):
             if plan.reduces and not plan.in_llm:
                 seq = plan.apply(seq, [s.importance for s in seq.spans])
             reduced.append(seq)
+        t_reduce = time.perf_counter()
+        return seqs, reduced, {"encode_ms": (t_encode - t0) * 1e3, "reduce_ms": (t_reduce - t_encode) * 1e3}
+
+    def _prefill(self, prepared, plans: list[Plan]) -> _Prefill:
+        seqs, reduced, timings = self._encode(prepared, plans)
+        return self._prefill_reduced(seqs, reduced, plans, timings)
+
+    def _prefill_reduced(self, seqs: list[SampleSeq], reduced: list[SampleSeq], plans: list[Plan],
+                         timings: dict[str, float]) -> _Prefill:
+        """One left-padded LLM prefill of encoded requests (`seqs` full, `reduced` as the LLM takes them)."""
         t_reduce = time.perf_counter()
         first_here = [r is not s for r, s in zip(reduced, seqs, strict=True)]
         embeds, layout = pad_batch(reduced, 0, first_here, self.device)
@@ -199,46 +235,12 @@ class Engine:
             logits = self.adapter.lm_head(out.last_hidden_state[:, -1]).float()
         self._sync()
         t_prefill = time.perf_counter()
-        timings = {
-            "encode_ms": (t_encode - t0) * 1e3,
-            "reduce_ms": (t_reduce - t_encode) * 1e3,
-            "prefill_ms": (t_prefill - t_reduce) * 1e3,
-        }
+        timings = {**timings, "prefill_ms": (t_prefill - t_reduce) * 1e3}
         layer_tokens = stages.layer_tokens([seq.length for seq in reduced], depth)
         full = [seq.length for seq in seqs]
-        return _Prefill(logits, cache, attention_mask, stages.seqs, ctx, visual, timings, layer_tokens, full)
-
-    def _run(self, prepared, plans: list[Plan], gen: GenerationConfig, on_token=None) -> list[Result]:
-        pre = self._prefill(prepared, plans)
-        t_prefill = time.perf_counter()
-        with active(pre.ctx):
-            tokens, lengths = self._decode(pre.logits, pre.cache, pre.attention_mask, pre.seqs, pre.ctx, gen, on_token)
-        self._sync()
-        decode_ms = (time.perf_counter() - t_prefill) * 1e3
-        results = []
-        for i, seq in enumerate(pre.seqs):
-            ids = tokens[i][: lengths[i]]
-            sizes = torch.cat([seq.sizes[s.start : s.end] for s in seq.spans]) if seq.spans else torch.zeros(0)
-            cfg = plans[i].config
-            stats = Stats(
-                method=cfg.method,
-                budget=cfg.budget,
-                restore=cfg.restore.enabled and cfg.reduces,
-                visual_tokens=pre.visual[i],
-                kept_tokens=int(sizes.numel()),
-                size_min=float(sizes.min()) if sizes.numel() else 0.0,
-                size_mean=float(sizes.mean()) if sizes.numel() else 0.0,
-                size_max=float(sizes.max()) if sizes.numel() else 0.0,
-                prompt_tokens=seq.length,
-                **pre.timings,
-                layer_tokens=pre.layer_tokens[i],
-                full_prefill_ms_est=pre.timings["prefill_ms"] * self._full_over_run(pre.full_tokens[i], pre.layer_tokens[i]),
-                decode_ms=decode_ms,
-                generated_tokens=len(ids),
-                batch_size=len(plans),
-            )
-            results.append(Result(text=self.text_of(ids, gen.stop), token_ids=ids, stats=stats))
-        return results
+        layouts = ctx.layouts if ctx is not None else [layout]
+        visual = [sum(s.length for s in seq.spans) for seq in seqs]
+        return _Prefill(logits, cache, attention_mask, stages.seqs, ctx, visual, timings, layer_tokens, full, layouts)
 
     def _full_over_run(self, full: int, layer_tokens: list[int]) -> float:
         """Decoder FLOPs of a prefill with every visual token over those of the prefill as run: what the
@@ -246,64 +248,6 @@ class Engine:
         if all(n == full for n in layer_tokens):
             return 1.0
         return prefill_flops([full] * len(layer_tokens), self.shapes) / prefill_flops(layer_tokens, self.shapes)
-
-    def _decode(self, logits, cache, attention_mask, seqs: list[SampleSeq], ctx, gen: GenerationConfig, on_token=None):
-        bsz = logits.shape[0]
-        eos = self.adapter.eos_token_ids
-        generator = None
-        if gen.do_sample and gen.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(gen.seed)
-        next_pos = torch.stack([s.next_position for s in seqs]).to(self.device)  # (B, A)
-        tokens = torch.zeros(bsz, gen.max_new_tokens, dtype=torch.long)
-        lengths = [gen.max_new_tokens] * bsz
-        done = torch.zeros(bsz, dtype=torch.bool)
-        for step in range(gen.max_new_tokens):
-            tok = self._choose(logits, gen, generator)
-            tokens[:, step] = tok.cpu()
-            for i in range(bsz):
-                if done[i]:
-                    continue
-                if on_token is not None and int(tok[i]) not in eos:
-                    on_token(i, int(tok[i]))
-                if int(tok[i]) in eos or self._hit_stop(tokens[i, : step + 1], gen.stop):
-                    done[i] = True
-                    lengths[i] = step + (0 if int(tok[i]) in eos else 1)
-            if bool(done.all()) or step == gen.max_new_tokens - 1:
-                break
-            positions = (next_pos + step)[:, None, :]
-            if ctx is not None:
-                ctx.begin_decode(positions)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(bsz, 1)], dim=1)
-            out = self.adapter.text_model(
-                inputs_embeds=self.adapter.embed(tok[:, None].to(self.device)),
-                attention_mask=attention_mask,
-                position_ids=self.adapter.position_ids(positions),
-                past_key_values=cache,
-                use_cache=True,
-            )
-            logits = self.adapter.lm_head(out.last_hidden_state[:, -1]).float()
-        return [t.tolist() for t in tokens], lengths
-
-    @staticmethod
-    def _choose(logits: torch.Tensor, gen: GenerationConfig, generator) -> torch.Tensor:
-        if not gen.do_sample:
-            return logits.argmax(dim=-1)
-        # Shifted by the row maximum and in float64, so a tiny temperature (1e-300) still gives the greedy
-        # token probability 1 instead of inf/inf = NaN.
-        scores = (logits.double() - logits.double().amax(dim=-1, keepdim=True)) / gen.temperature
-        if gen.top_k:
-            kth = torch.topk(scores, min(gen.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if gen.top_p < 1.0:
-            sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-            cum = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
-            drop = cum - torch.softmax(sorted_scores, dim=-1) > gen.top_p
-            scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
-        probs = torch.softmax(scores, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator)[:, 0]
-
-    def _hit_stop(self, ids: torch.Tensor, stop: list[str]) -> bool:
-        return bool(stop) and any(s in self.adapter.tokenizer.decode(ids.tolist()) for s in stop)
 
     def text_of(self, ids: list[int], stop: list[str]) -> str:
         """Decoded text of generated ids, cut before the first stop string."""

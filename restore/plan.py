@@ -87,6 +87,24 @@ class Plan:
             return final
         return max(final, min(span.length, round(span.length * (final / span.length) ** (1 / remaining))))
 
+    def layer_lengths(self, seq: SampleSeq, depth: int) -> list[int]:
+        """Tokens each of `depth` decoder layers will hold for `seq` (as it enters the LLM, after any pre-LLM
+        reduction): its length up to each in-LLM stage, the stage's reduced length from there. Computed from
+        the budgets alone, before the prefill, so a scheduler can count a request's KV cache in advance."""
+        lengths = [seq.length] * depth
+        if not (self.reduces and self.in_llm):
+            return lengths
+        spans = [replace(s, origin=(s.origin_tokens, s.origin_frames)) for s in seq.spans]
+        total = seq.length
+        for layer in self.layers:
+            for i, span in enumerate(spans):
+                n = self.stage_budget(span, layer)
+                if n < span.length:
+                    total -= span.length - n
+                    spans[i] = replace(span, end=span.start + n)
+            lengths[layer:] = [total] * max(0, depth - layer)
+        return lengths
+
     def assignment(self, tokens: ImageTokens, n: int) -> Assignment:
         if self.config.restore.enabled:
             return restore_assignment(tokens, n, self.method, self.options, self.config.restore)

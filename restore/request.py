@@ -32,7 +32,8 @@ class Request:
 
 @dataclass(frozen=True)
 class Stats:
-    """What the engine measured for one request (the batch it ran in for the timings)."""
+    """What the engine measured for one request (the group it was encoded and prefilled with, for those
+    timings)."""
 
     method: str  # reduction method ('none' keeps every token)
     budget: int | float | None  # tokens kept per image (per frame for video) or a ratio; None keeps all
@@ -43,14 +44,14 @@ class Stats:
     size_mean: float
     size_max: float
     prompt_tokens: int  # sequence length the LLM prefilled (text + kept visual)
-    encode_ms: float  # vision tower of the batch
-    reduce_ms: float  # pre-LLM reduction of the batch
-    prefill_ms: float  # LLM prefill of the batch
+    encode_ms: float  # vision tower of the group it was encoded with
+    reduce_ms: float  # pre-LLM reduction of that group
+    prefill_ms: float  # LLM prefill of the group it was prefilled with
     layer_tokens: list[int]  # tokens each decoder layer ran on (in-LLM methods: all of them before K)
     full_prefill_ms_est: float  # prefill_ms x decoder FLOPs with every visual token / as run (restore.flops)
-    decode_ms: float  # decode loop of the batch
+    decode_ms: float  # from its prefill to its last token, wall clock (steps shared with other requests)
     generated_tokens: int
-    batch_size: int  # requests in the batch
+    batch_size: int  # requests prefilled together with it (Engine.generate: the whole list)
 
     @property
     def prefill_speedup_est(self) -> float | None:

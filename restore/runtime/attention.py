@@ -47,6 +47,15 @@ class ForwardContext:
         self._masks: dict[tuple, torch.Tensor] = {}
         self._stage_rope: dict[int, tuple] = {}
 
+    @classmethod
+    def decoding(cls, rope: RopeSpec, layouts: list[Layout]) -> ForwardContext:
+        """A context for decode steps over `layouts`, one per run of decoder layers (a running batch's
+        segments, `restore.runtime.batch`); `begin_decode` extends them in place."""
+        ctx = cls(rope, layouts[0])
+        ctx.layouts = layouts
+        ctx.phase = "decode"
+        return ctx
+
     def layout_for(self, layer: int) -> Layout:
         current = self.layouts[0]
         for lay in self.layouts[1:]:
@@ -141,6 +150,14 @@ def restore_attention(module, query, key, value, attention_mask, dropout: float 
     )
 
 
+def restore_mask(*args, **kwargs):
+    """The stock SDPA mask, except while a context is active: `restore_attention` then builds its own masks
+    and ignores this one, so building it (and the host sync its all-ones check costs) is skipped."""
+    if _ACTIVE.get() is not None:
+        return None
+    return sdpa_mask(*args, **kwargs)
+
+
 def _layer_pre_hook(layer: int):
     def hook(module, args, kwargs):
         ctx = _ACTIVE.get()
@@ -152,7 +169,7 @@ def _layer_pre_hook(layer: int):
 def install(model, text_model) -> None:
     """Register the attention function and stage hooks on a loaded model (idempotent)."""
     AttentionInterface.register(ATTENTION_NAME, restore_attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    AttentionMaskInterface.register(ATTENTION_NAME, restore_mask)
     if getattr(model, "_restore_installed", False):
         return
     model.set_attn_implementation({"text_config": ATTENTION_NAME, "vision_config": "sdpa"})

@@ -10,8 +10,8 @@ from PIL import Image, ImageDraw
 from restore.engine import Engine
 from restore.request import Request
 from restore.zoo import architecture, tokenizer, world
-from tests.restore.zoo import phrasings
 from tests.helpers.scenes import HAND
+from tests.restore.zoo import phrasings
 
 CAPTION_TOKENS, SHORT_TOKENS = 56, 4  # restore.zoo.evaluate's budgets
 

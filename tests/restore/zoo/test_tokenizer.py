@@ -10,9 +10,9 @@ from restore.archs import word_tokenizer
 from restore.hub import DEFAULT_MODEL_DIR
 from restore.zoo import architecture, tokenizer, world
 from restore.zoo.train import sample_batch
+from tests.helpers.scenes import HAND
 from tests.restore.zoo import phrasings
 from tests.restore.zoo.phrasings import CLIP_PHRASINGS, IMAGE_PHRASINGS, clip_fields, filled, scene_fields
-from tests.helpers.scenes import HAND
 
 
 @pytest.fixture(scope="module")
