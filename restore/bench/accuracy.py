@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from restore.bench.plots import budget_curves
 from restore.config import ReductionConfig, RestoreConfig
 from restore.methods import available, get_method
 from restore.plan import fit_layers
@@ -162,32 +163,10 @@ def _value(record: dict, kind: str) -> float:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on servers
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = list(dict.fromkeys(r["method"] for r in report["results"]))
-    colours = plt.get_cmap("tab20")
-    for i, m in enumerate(methods):
-        labelled = False
-        for on, style in ((True, "-"), (False, "--")):
-            rs = sorted((r for r in report["results"] if r["method"] == m and r["restore"] == on
-                         and r.get("restore_config", {}).get("gamma", 0.5) == 0.5), key=lambda r: r["budget"])
-            if rs:
-                ax.plot([r["budget"] for r in rs], [r["average"] for r in rs], style, marker="o", ms=3,
-                        color=colours(i % 20), label=None if labelled else m)
-                labelled = True
-    ax.axhline(report["full"]["average"], color="black", lw=0.8, label=f"full ({report['tokens_per_image']})")
-    ax.set_xlabel("visual tokens kept per image")
-    ax.set_ylabel("average accuracy")
-    ax.set_title(f"{Path(report['model']).name}: solid +RESTORE, dashed base (seed {report['seed']}, n={report['n']})",
-                 fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    results = [r for r in report["results"] if r.get("restore_config", {}).get("gamma", 0.5) == 0.5]
+    title = f"{Path(report['model']).name}: solid +RESTORE, dashed base (seed {report['seed']}, n={report['n']})"
+    budget_curves(path, results, lambda r: r["average"], report["full"]["average"],
+                  f"full ({report['tokens_per_image']})", "average accuracy", title)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from restore.bench.plots import budget_curves
 from restore.bench.real.data import Source, TaskData
 from restore.bench.real.tasks import PAPER_TASKS, Example, TaskSpec, task_specs
 from restore.config import ReductionConfig
@@ -288,29 +289,10 @@ def table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on servers
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    methods = list(dict.fromkeys(r["method"] for r in report["results"]))
-    colours = plt.get_cmap("tab10")
-    for i, m in enumerate(methods):
-        for on, style in ((True, "-"), (False, "--")):
-            rs = sorted((r for r in report["results"] if r["method"] == m and r["restore"] == on
-                         and r["gamma"] in (None, 0.5)), key=lambda r: r["budget"])
-            if rs:
-                ax.plot([r["budget"] for r in rs], [100 * (r["average"] or 0.0) for r in rs], style, marker="o", ms=3,
-                        color=colours(i % 10), label=f"{m} +RESTORE" if on else m)
-    ax.axhline(100, color="black", lw=0.8, label=f"full ({report['tokens_per_image']})")
-    ax.set_xlabel("visual tokens kept per image")
-    ax.set_ylabel("% of the full model (average over tasks)")
-    ax.set_title(f"{Path(report['model']).name}: {', '.join(report['tasks'])}", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    results = [r for r in report["results"] if r["gamma"] in (None, 0.5)]
+    budget_curves(path, results, lambda r: 100 * (r["average"] or 0.0), 100, f"full ({report['tokens_per_image']})",
+                  "% of the full model (average over tasks)",
+                  f"{Path(report['model']).name}: {', '.join(report['tasks'])} (solid +RESTORE, dashed base)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
