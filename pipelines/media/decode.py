@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image
 
 from pipelines.media.storage import filesystem
 
@@ -75,6 +75,27 @@ BACKGROUND = (128, 128, 128)
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
 
+# EXIF Orientation -> the transpose that shows the picture upright (the mapping PIL.ImageOps.exif_transpose uses).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(img: Image.Image, uri: str) -> int:
+    """The EXIF Orientation tag (1 when absent); a malformed EXIF block only loses the rotation, with a warning."""
+    try:
+        return int(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception as err:  # corrupt EXIF in an otherwise fine file: keep the pixels as stored
+        logger.warning("%s: unreadable EXIF orientation (%s); kept as stored", uri, _cause(err))
+        return 1
+
+
 def _grey_levels(a: np.ndarray) -> np.ndarray:
     """A high-bit-depth single-band array (modes I;16*, I, F) as 8-bit grey levels.
 
@@ -126,11 +147,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, uri: str, max_pixels: int | None = None) -> Image.Image:
-    """An 8-bit RGB image, shrunk to `max_pixels`; DecodeError names uri and cause.
+    """An upright 8-bit RGB image, shrunk to `max_pixels`; DecodeError names uri and cause.
 
     - Multi-image files give their first image: the first frame of an animation
       (GIF, APNG, WebP, AVIF), the first page of a multi-page TIFF, the first
       picture of an MPO.
+    - The EXIF Orientation tag is applied (a phone photo taken upright comes out
+      upright), as `PIL.ImageOps.exif_transpose` does.
     - Every mode becomes 8-bit RGB: 16-bit and float images are scaled by their
       stored range (`_grey_levels`: 16-bit /257), palette, 1-bit, grey, CMYK
       convert, and transparent pixels are composited on BACKGROUND (mid grey).
@@ -141,6 +164,9 @@ def decode_image(data: bytes, uri: str, max_pixels: int | None = None) -> Image.
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # Image.open is lazy: truncation only shows when the pixels are read
             out = _to_rgb(img)
+            method = _UPRIGHT.get(_orientation(img, uri))
+        if method is not None:
+            out = out.transpose(method)
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise DecodeError(f"{uri}: not a decodable image ({_cause(err)})") from err
     return _fit(out, max_pixels)

@@ -7,7 +7,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, features
+from PIL import ExifTags, Image, ImageOps, features
 
 from pipelines.batch.demo import encode_mp4
 from pipelines.media.decode import BACKGROUND, DecodeError, ReadError, decode_image, decode_video, read_bytes
@@ -91,6 +91,26 @@ def test_avif_decodes():
     assert _near(decode_image(_encoded(rgba, "AVIF", quality=90), "a.avif").getpixel((8, 8)), BACKGROUND, 8)
 
 
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # a phone held upright: stored sideways, shown rotated 90° clockwise
+    photo = decode_image(_encoded(_halves(), "JPEG", exif=exif, quality=95), "phone.jpg")
+    assert photo.size == (20, 40)
+    assert _near(photo.getpixel((10, 5)), (255, 0, 0), 24) and _near(photo.getpixel((10, 35)), (0, 0, 255), 24)
+    # Every orientation, losslessly: the same pixels as PIL.ImageOps.exif_transpose gives.
+    stored = _halves((6, 4))
+    stored.putpixel((0, 0), (0, 255, 0))
+    for value in range(1, 9):
+        exif[ExifTags.Base.Orientation] = value
+        data = _encoded(stored, "PNG", exif=exif)
+        want = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+        got = decode_image(data, f"o{value}.png")
+        assert got.size == want.size and got.tobytes() == want.tobytes(), value
+    # max_pixels still applies, and the rotated shape is kept.
+    small = decode_image(_encoded(_halves((400, 200)), "JPEG", exif=exif), "big.jpg", max_pixels=5000)
+    assert small.size[0] * small.size[1] <= 5000 and abs(small.size[1] / small.size[0] - 2) < 0.05
+
+
 def test_high_bit_depth_maps_to_8_bit_grey_levels():
     levels = np.arange(256)
     grad16 = Image.fromarray((levels * 257).astype(np.uint16)[None].repeat(3, 0))  # 0..65535
@@ -164,3 +184,17 @@ def test_the_serve_path_gets_the_same_decoding():
     uri = "data:image/png;base64," + base64.b64encode(_encoded(rgba, "PNG")).decode()
     img = load_image(uri, "messages[0].content[1].image_url", FetchPolicy())
     assert img.mode == "RGB" and img.size == (6, 4) and img.getpixel((3, 2)) == BACKGROUND
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    uri = "data:image/jpeg;base64," + base64.b64encode(_encoded(_halves(), "JPEG", exif=exif)).decode()
+    assert load_image(uri, "image", FetchPolicy()).size == (20, 40)
+
+
+def test_unreadable_or_unknown_exif_orientation_keeps_the_pixels(caplog):
+    # Orientation (0x0112) stored as ASCII "abcd", then as the undefined value 99 (big-endian IFD).
+    ascii_tag = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00\x12\x01\x02\x00\x05\x00\x00\x00\x1a\x00\x00\x00\x00\x00\x00\x00abcd\x00"
+    out = decode_image(_encoded(_halves(), "JPEG", exif=ascii_tag), "badexif.jpg")
+    assert out.size == (40, 20) and _near(out.getpixel((5, 10)), (255, 0, 0), 24)
+    assert "badexif.jpg: unreadable EXIF orientation" in caplog.text
+    unknown = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x63\x00\x00"
+    assert decode_image(_encoded(_halves(), "JPEG", exif=unknown), "o99.jpg").size == (40, 20)
