@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image
+import numpy as np
+from PIL import ExifTags, Image
 
 from pipelines.media.storage import filesystem
 
@@ -67,14 +68,105 @@ def _fit(img: Image.Image, max_pixels: int | None) -> Image.Image:
     return img.resize(size, Image.Resampling.BICUBIC)
 
 
+# Where an image is transparent it is composited on a neutral mid grey: neither black nor white, so it
+# reads as "no content" rather than as a dark or bright object, and it is the same for every model whatever
+# its pixel normalisation. The RGB hidden under fully transparent pixels (often garbage) never shows.
+BACKGROUND = (128, 128, 128)
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "PA"})
+
+# EXIF Orientation -> the transpose that shows the picture upright (the mapping PIL.ImageOps.exif_transpose uses).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(img: Image.Image, uri: str) -> int:
+    """The EXIF Orientation tag (1 when absent); a malformed EXIF block only loses the rotation, with a warning."""
+    try:
+        return int(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception as err:  # corrupt EXIF in an otherwise fine file: keep the pixels as stored
+        logger.warning("%s: unreadable EXIF orientation (%s); kept as stored", uri, _cause(err))
+        return 1
+
+
+def _grey_levels(a: np.ndarray) -> np.ndarray:
+    """A high-bit-depth single-band array (modes I;16*, I, F) as 8-bit grey levels.
+
+    Scaled by the range the values are stored in, not stretched per image, so a
+    dark 16-bit picture stays dark: unsigned 16-bit (I;16) and integers within
+    0..65535 (mode I, as Pillow decodes 16-bit PGM) divide by 257; floats (F)
+    within 0..1 multiply by 255 and floats within 0..255 are kept. Anything else
+    (signed or 32-bit integer data, other float ranges) is stretched from its
+    minimum to its maximum. NaN and -inf map to the minimum, +inf to the maximum.
+    """
+    is_float = a.dtype.kind == "f"
+    x = a.astype(np.float32)
+    finite = np.isfinite(x)
+    lo = float(x[finite].min()) if finite.any() else 0.0
+    hi = float(x[finite].max()) if finite.any() else 0.0
+    if not finite.all():
+        x = np.where(np.isposinf(x), hi, np.where(finite, x, lo))
+    if is_float and lo >= 0 and hi <= 1:
+        x = x * 255
+    elif is_float and lo >= 0 and hi <= 255:
+        pass
+    elif (a.dtype.kind == "u" and a.dtype.itemsize <= 2) or (not is_float and lo >= 0 and hi <= 65535):
+        x = x / 257
+    elif hi > lo:
+        x = (x - lo) * (255 / (hi - lo))
+    else:
+        x = np.full_like(x, 0 if hi <= 0 else 255)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _on_background(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode Pillow decodes; transparency (alpha or a tRNS colour key) composited on BACKGROUND."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        values = np.asarray(img)
+        grey = Image.fromarray(_grey_levels(values))
+        key = img.info.get("transparency")
+        if isinstance(key, int | float):  # a colour key on the stored values (PNG tRNS)
+            alpha = Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8))
+            return _on_background(Image.merge("RGBA", (grey, grey, grey, alpha)))
+        return grey.convert("RGB")
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        return _on_background(img.convert("RGBA"))  # P, L and RGB apply their transparency key here
+    return img.convert("RGB")  # 1, L, P, RGB, CMYK, YCbCr, LAB, HSV, ...
+
+
 def decode_image(data: bytes, uri: str, max_pixels: int | None = None) -> Image.Image:
-    """An RGB image (first frame of an animation), shrunk to `max_pixels`; DecodeError names uri and cause."""
+    """An upright 8-bit RGB image, shrunk to `max_pixels`; DecodeError names uri and cause.
+
+    - Multi-image files give their first image: the first frame of an animation
+      (GIF, APNG, WebP, AVIF), the first page of a multi-page TIFF, the first
+      picture of an MPO.
+    - The EXIF Orientation tag is applied (a phone photo taken upright comes out
+      upright), as `PIL.ImageOps.exif_transpose` does.
+    - Every mode becomes 8-bit RGB: 16-bit and float images are scaled by their
+      stored range (`_grey_levels`: 16-bit /257), palette, 1-bit, grey, CMYK
+      convert, and transparent pixels are composited on BACKGROUND (mid grey).
+    """
     if not data:
         raise DecodeError(f"{uri}: empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # Image.open is lazy: truncation only shows when the pixels are read
-            out = img.convert("RGB")
+            out = _to_rgb(img)
+            method = _UPRIGHT.get(_orientation(img, uri))
+        if method is not None:
+            out = out.transpose(method)
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise DecodeError(f"{uri}: not a decodable image ({_cause(err)})") from err
     return _fit(out, max_pixels)
