@@ -421,3 +421,69 @@ def test_http_timeout_covers_the_whole_fetch(web):
     start = time.monotonic()
     err = refused(fetch_bytes, f"http://127.0.0.1:{port}/drip", "image", policy)  # each byte within 0.5 s
     assert "cannot fetch" in str(err) and "TimeoutError" in str(err) and time.monotonic() - start < 2
+
+
+@pytest.fixture
+def tls_web(tmp_path):
+    """A loopback HTTPS server with a self-signed certificate for images.example; yields (port, SNI names, cert)."""
+    x509 = pytest.importorskip("cryptography.x509")
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "images.example")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("images.example")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "cert.pem").write_bytes(pem)
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    names = []
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server_ctx.sni_callback = lambda sock, sni, ctx: names.append(sni)
+    body = base64.b64decode(png_b64())
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.socket = server_ctx.wrap_socket(srv.socket, server_side=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv.server_address[1], names, pem.decode(), body
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def test_https_to_a_pinned_address_verifies_the_url_host(tls_web, monkeypatch):
+    port, names, pem, body = tls_web
+    trusting = ssl.create_default_context
+    monkeypatch.setattr(ssl, "create_default_context", lambda *a, **k: trusting(cadata=pem))  # trust the test cert
+    fake_dns(monkeypatch, ["93.184.216.34", "127.0.0.1"])
+    real_connect = fetch._connect
+    monkeypatch.setattr(fetch, "_connect", lambda p, t: real_connect((*p[:3], ("127.0.0.1", port)), t)
+                        if p[3] == ("93.184.216.34", port) else pytest.fail(str(p)))
+    policy = FetchPolicy(allowed_hosts=["images.example", "other.example"])
+    assert fetch_bytes(f"https://images.example:{port}/a.png", "image", policy) == body
+    assert names == ["images.example"]  # SNI is the URL's host, not the address
+    fake_dns(monkeypatch, ["93.184.216.34"])
+    err = refused(fetch_bytes, f"https://other.example:{port}/a.png", "image", policy)  # same address, wrong name
+    assert "certificate is not valid for 'other.example'" in str(err), str(err)
+    assert (err.status, err.code) == (400, "media_fetch_failed")
