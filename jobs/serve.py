@@ -25,6 +25,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-replicas", type=int, default=1)
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per replica (default: 1 if CUDA is visible, else 0)")
     p.add_argument("--allow-host", action="append", default=[], help="host http(s) media may be fetched from (repeat)")
+    p.add_argument("--allow-s3", action="append", default=[], metavar="PREFIX",
+                   help="let requests reference s3:// media under PREFIX, read with the server's credentials, e.g. "
+                        "s3://media-bucket/public/ (repeat; a string prefix of bucket/key, end it with '/' for a "
+                        "folder; default: no s3:// media at all)")
+    p.add_argument("--max-image-side", type=int, default=None, metavar="PX",
+                   help="refuse (413) images and video frames whose longer side is over PX pixels (default 8192)")
+    p.add_argument("--max-aspect", type=float, default=None, metavar="RATIO",
+                   help="refuse (413) images and video frames whose long side / short side is over RATIO "
+                        "(default 20.0)")
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -33,13 +42,25 @@ def settings_from_args(args: argparse.Namespace):
     settings = ServeSettings(
         model=args.model, reduction=reduction_from_args(args), device=args.device,
         max_batch_size=args.max_batch_size, api_key=args.api_key or os.environ.get("RESTORE_API_KEY") or None,
-        fetch={"allowed_hosts": args.allow_host},
+        fetch=fetch_from_args(args),
     )
     gpus = args.num_gpus
     if gpus is None:  # one GPU per replica when the model would run on CUDA here
         gpus = 1.0 if settings.model_spec().resolved_device().startswith("cuda") and _cuda_visible() else 0.0
     deployment = DeploymentSettings(min_replicas=args.min_replicas, max_replicas=args.max_replicas, num_gpus=gpus)
     return settings, deployment
+
+
+def fetch_from_args(args: argparse.Namespace) -> dict:
+    """FetchPolicy fields the flags set; limits not given keep FetchPolicy's defaults."""
+    fetch: dict = {"allowed_hosts": args.allow_host}
+    if args.allow_s3:
+        fetch.update(allow_s3=True, s3_allow=args.allow_s3)
+    if args.max_image_side is not None:
+        fetch["max_side"] = args.max_image_side
+    if args.max_aspect is not None:
+        fetch["max_aspect"] = args.max_aspect
+    return fetch
 
 
 def _cuda_visible() -> bool:
