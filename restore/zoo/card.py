@@ -80,9 +80,10 @@ from its last checkpoint to the same weights.
 Text goes through a normaliser inside `tokenizer.json` (`restore.zoo.tokenizer`), so the engine, the chat
 template and the OpenAI-compatible server all get it: case and punctuation are normalised, common
 phrasings are mapped to the world's words, and words outside the vocabulary are dropped. The world's
-own forms keep their token ids. A prompt that carries its own `<image>` placeholders is sent as written:
-write the template's words too (`user : <image> describe the image . assistant :`), or leave the
-placeholder out and let the chat template place the images. For example:
+own forms keep their token ids. Text typed into `restore run`, `restore label` or the server goes through
+`Engine.media_prompt`: placeholders typed in it are taken out and the chat template places the images. A
+library `Request` whose prompt carries `<image>` is sent as written, so write the template's words too
+(`user : <image> describe the image . assistant :`), or leave the placeholder out. For example:
 
 | prompt | read as |
 |---|---|
