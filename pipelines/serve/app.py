@@ -34,6 +34,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.media.fetch import MediaError, load_image, load_video
 from pipelines.rows import output_row
@@ -203,6 +204,7 @@ class Guard:
             if message["type"] == "http.request":
                 read += len(message.get("body", b""))
                 if read > limit:
+                    state["body_too_large"] = True
                     raise _BodyTooLarge
             return message
 
@@ -279,13 +281,18 @@ def create_app(service: Service, api_key: str | None = None, metrics: Metrics | 
     async def timed_out(_: Request, err: RequestTimeout):
         return _error(504, str(err))
 
-    @app.exception_handler(404)
-    async def not_found(request: Request, _):
-        return _error(404, f"no route {request.method} {request.url.path}", code="not_found")
-
-    @app.exception_handler(405)
-    async def not_allowed(request: Request, _):
-        return _error(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed")
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        if request.scope.get("state", {}).get("body_too_large"):  # raised while FastAPI read the body
+            limit = settings.max_body_bytes
+            return _error(413, f"body: larger than this server's limit of {limit} bytes", "body")
+        if err.status_code == 404:
+            return _error(404, f"no route {request.method} {request.url.path}", code="not_found")
+        if err.status_code == 405:
+            return _error(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed",
+                          headers=err.headers)
+        param = "body" if err.status_code == 400 else None
+        return _error(err.status_code, str(err.detail), param, headers=err.headers)
 
     @app.get("/healthz", responses={})
     async def healthz():
