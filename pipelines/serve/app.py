@@ -142,24 +142,62 @@ def _set_header(scope, name: bytes, value: bytes) -> None:
     scope["headers"] = [(k, v) for k, v in scope.get("headers", ()) if k != name] + [(name, value)]
 
 
-class RequestIdMiddleware:
-    """Replaces a non-ASCII or odd X-Request-ID with a fresh one: for the Serve proxy (`http_options.middlewares`,
-    outermost, ahead of Serve's own request-id code, which decodes it as UTF-8) and inside the app."""
+class ProxyMiddleware:
+    """For the Serve proxy (`http_options.middlewares`, outermost, ahead of Serve's own request-id code, which
+    decodes the header as UTF-8 and answered 500 on other bytes): a non-ASCII or odd X-Request-ID is replaced by a
+    fresh one; the proxy's own plain-text errors (backpressure 429, 503, 500, 408) are rewritten into the OpenAI
+    error shape, with ±25 % jitter on a Retry-After so rejected clients do not return in lockstep."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            _set_header(scope, b"x-request-id", _request_id(scope).encode())
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        _set_header(scope, b"x-request-id", _request_id(scope).encode())
+        rewrite: dict = {}
+
+        async def send_(message):
+            if message["type"] == "http.response.start":
+                headers = [(k.lower(), v) for k, v in message.get("headers", [])]
+                ctype = dict(headers).get(b"content-type", b"")
+                if message["status"] >= 400 and not ctype.startswith(b"application/json"):
+                    rewrite["start"], rewrite["headers"] = message, headers
+                    return
+            elif message["type"] == "http.response.body" and "start" in rewrite:
+                if message.get("more_body"):
+                    return
+                start = rewrite.pop("start")
+                status = start["status"]
+                text = {429: "too many requests: this deployment's queue is full; retry later",
+                        503: "service unavailable: no replica can take the request now; retry later",
+                        408: "request timed out in the proxy"}.get(status, "internal error in the proxy")
+                body = _json_bytes(error_body(status, text))
+                headers = [(k, v) for k, v in rewrite["headers"] if k not in (b"content-type", b"content-length")]
+                headers = [(k, _jitter(v) if k == b"retry-after" else v) for k, v in headers]
+                headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                await send({**start, "headers": headers})
+                return await send({"type": "http.response.body", "body": body})
+            await send(message)
+
+        await self.app(scope, receive, send_)
+
+
+def _jitter(value: bytes) -> bytes:
+    import random
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        return value
+    return str(max(1, round(seconds * random.uniform(0.75, 1.25)))).encode()
 
 
 def proxy_middlewares() -> list:
     """For `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=pipelines.serve.app:proxy_middlewares` (Serve config YAML)."""
     from starlette.middleware import Middleware
 
-    return [Middleware(RequestIdMiddleware)]
+    return [Middleware(ProxyMiddleware)]
 
 
 class _BodyTooLarge(Exception):

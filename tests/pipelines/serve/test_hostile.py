@@ -256,3 +256,24 @@ def test_one_log_line_per_request_and_a_traceback_only_for_real_errors(client, s
     err = is_error(r, 500)
     assert "torch" not in err["message"] and r.headers["x-request-id"] in err["message"]
     assert sum(1 for rec in caplog.records if rec.exc_info) == 1
+
+
+def test_proxy_middleware_shapes_the_proxys_own_errors_and_request_ids():
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from pipelines.serve.app import ProxyMiddleware
+
+    async def shed(request):
+        return PlainTextResponse("Too many requests", status_code=429, headers={"Retry-After": "4"})
+
+    async def echo(request):
+        return PlainTextResponse(request.headers["x-request-id"])
+
+    c = TestClient(ProxyMiddleware(Starlette(routes=[Route("/shed", shed), Route("/echo", echo)])))
+    r = c.get("/shed")
+    is_error(r, 429)
+    assert 3 <= int(r.headers["retry-after"]) <= 5 and r.json()["error"]["type"] == "rate_limit_error"
+    r = c.get("/echo", headers=[("x-request-id", b"\xed\xb3\xbf")])
+    assert r.status_code == 200 and len(r.text) == 32
