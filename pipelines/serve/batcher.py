@@ -12,9 +12,9 @@ Batching (`ServeSettings.batching`):
   chosen (the scheduler's text deltas); a request whose client goes away or
   whose `request_timeout_s` runs out is cancelled and leaves the batch at the
   next step, freeing its slot.
-- `static`: the previous batcher, kept for the side-by-side benchmark
-  (`pipelines.bench.serve_load --batching static`): requests arriving within
-  `batch_wait_ms` share one `Engine.generate` call that runs to completion.
+- `static`: kept for the side-by-side benchmark (`pipelines.bench.serve_load`):
+  requests arriving within `batch_wait_ms` (up to `max_batch_size`) form a
+  batch that runs to completion before the next one starts.
 
 `open()` validates and queues a request (a bad one raises ValueError before
 any response is started), `wait()` awaits its result with the timeout.
@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import json
 import logging
 import math
 import random
@@ -287,52 +286,50 @@ class Service:
                     batch.append(await asyncio.wait_for(self._queue.get(), timeout))
                 except TimeoutError:
                     break
-            groups: dict[str, list[_StaticWork]] = {}
-            for w in batch:
-                if w.job.future.done():  # cancelled while queued
-                    continue
-                key = json.dumps(w.job.generation.model_dump(mode="json"), sort_keys=True)  # ASCII: never raises
-                groups.setdefault(key, []).append(w)
-            for works in groups.values():
-                try:
-                    await self._generate_static(works)
-                except Exception as err:  # never leave a caller without an answer
-                    for w in works:
-                        if not w.job.future.done():
-                            w.job.future.set_exception(err)
+            works = [w for w in batch if not w.job.future.done()]  # not cancelled while queued
+            if works:
+                await self._generate_static(works)
 
     async def _generate_static(self, works: list[_StaticWork]) -> None:
-        from restore.runtime.sampling import Detokenizer
-
+        """One batch run to completion on a fresh scheduler: nothing joins it once it started (static
+        batching), each request with its own sampling settings and max_tokens."""
         loop = asyncio.get_running_loop()
-        detoks = [Detokenizer(self.engine.adapter.tokenizer) for _ in works]
 
-        def on_token(i: int, token: int) -> None:
-            cb = works[i].job.on_delta
-            if cb is not None:
-                text = detoks[i].push(token)
-                if text:
-                    loop.call_soon_threadsafe(cb, text)
+        def stream(job: Job):
+            if job.on_delta is None:
+                return None
+            return lambda _token, text: text and loop.call_soon_threadsafe(job.on_delta, text)
 
         def call():
-            return self.engine.generate([w.job.request for w in works], generation=works[0].job.generation,
-                                        on_token=on_token)
+            scheduler = self.engine.scheduler(prefill_group=len(works))
+            handles = []
+            for w in works:
+                try:
+                    handles.append(scheduler.submit(w.job.request, w.job.generation, stream(w.job)))
+                except Exception as err:  # a refused request fails alone
+                    handles.append(err)
+            scheduler.run_until_idle()
+            out = []
+            for h in handles:
+                try:
+                    out.append(h if isinstance(h, Exception) else h.result())
+                except Exception as err:
+                    out.append(err)
+            return out
 
         self._static_running = len(works)
         try:
             results = await loop.run_in_executor(self._pool, call)
-        except Exception as err:  # a bad request must not fail its batch-mates: rerun them one by one
-            if len(works) > 1:
-                for w in works:
-                    await self._generate_static([w])
-                return
-            if not works[0].job.future.done():
-                works[0].job.future.set_exception(err)
-            return
+        except Exception as err:  # never leave a caller without an answer
+            results = [err] * len(works)
         finally:
             self._static_running = 0
         for w, r in zip(works, results, strict=True):
-            if not w.job.future.done():
+            if w.job.future.done():
+                continue
+            if isinstance(r, Exception):
+                w.job.future.set_exception(r)
+            else:
                 w.job.future.set_result(r)
 
     # ------------------------------------------------------------------ measurements
