@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipelines.media.fetch import MediaError, load_image, load_video
 from pipelines.rows import output_row
 from pipelines.serve import api
-from pipelines.serve.batcher import Overloaded, RequestTimeout, Service
+from pipelines.serve.batcher import Overloaded, PromptTooLong, RequestTimeout, Service
 from pipelines.serve.metrics import Metrics
 from restore.config import GenerationConfig
 from restore.prompts import DEFAULT_CAPTION_PROMPTS
@@ -115,6 +115,8 @@ def _param_of(message: str) -> str | None:
 def _engine_error(err: ValueError) -> ApiError:
     """The engine's refusal of a request (it names 'request N') as a 400 naming the API field."""
     text = re.sub(r"^request \d+: ", "", str(err))
+    if isinstance(err, PromptTooLong):
+        return ApiError(400, f"messages: {text}", "messages", "context_length_exceeded")
     if "context" in text and "exceed" in text:
         return ApiError(400, f"messages: {text}", "messages", "context_length_exceeded")
     if "max_batch_tokens" in text:
@@ -407,14 +409,6 @@ async def _open(service: Service, request, generation: GenerationConfig, on_delt
         raise ApiError(400, f"messages: the text has {len(request.prompt)} characters, more than this server reads "
                        f"for a prompt of at most {s.max_prompt_tokens} tokens", "messages", "context_length_exceeded")
     try:
-        prepared = await run_in_threadpool(service.engine.prepare_one, request, 0, generation.max_new_tokens)
-    except ValueError as err:
-        raise _engine_error(err) from None
-    length = int(prepared.input_ids.numel())
-    if length > s.max_prompt_tokens:
-        raise ApiError(400, f"messages: the prompt has {length} tokens (visual tokens included), more than this "
-                       f"server's limit of {s.max_prompt_tokens}", "messages", "context_length_exceeded")
-    try:
         return await service.open(request, generation, on_delta)
     except ValueError as err:
         raise _engine_error(err) from None
@@ -438,7 +432,10 @@ async def _wait(service: Service, job, http: Request):
             waiter.cancel()
             job.cancel()
             raise ApiError(499, "client closed the request")
-        return waiter.result()
+        try:
+            return waiter.result()
+        except ValueError as err:  # static batching checks the request when its batch runs
+            raise _engine_error(err) from None
     finally:
         gone.cancel()
         if not waiter.done():

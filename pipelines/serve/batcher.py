@@ -50,6 +50,7 @@ from pipelines.serve.metrics import Metrics
 from pipelines.serve.settings import ServeSettings
 from restore.config import GenerationConfig, ReductionConfig
 from restore.prompts import DEFAULT_CAPTION_PROMPTS
+from restore.runtime.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,29 @@ class Overloaded(Exception):
 
 class RequestTimeout(Exception):
     """The request ran past `request_timeout_s`; it was cancelled and its slot freed."""
+
+
+class PromptTooLong(ValueError):
+    """A prompt over `ServeSettings.max_prompt_tokens` (visual tokens included), refused before any forward."""
+
+
+class _Limited:
+    """The engine as the scheduler sees it: `prepare_one` (run once per request, at submit, before any forward)
+    also refuses prompts over `max_prompt_tokens`; everything else is the engine's."""
+
+    def __init__(self, engine, settings: ServeSettings) -> None:
+        self._engine, self._settings = engine, settings
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def prepare_one(self, request, index: int, max_new_tokens: int = 0):
+        prepared = self._engine.prepare_one(request, index, max_new_tokens)
+        length, limit = int(prepared.input_ids.numel()), self._settings.max_prompt_tokens
+        if length > limit:
+            raise PromptTooLong(f"the prompt has {length} tokens (visual tokens included), more than this server's "
+                                f"limit of {limit}")
+        return prepared
 
 
 @dataclass
@@ -151,8 +175,8 @@ class Service:
         """Start the replica's scheduler thread (continuous batching; nothing to do for static)."""
         if self.settings.batching == "continuous" and self.scheduler is None and self.engine is not None:
             s = self.settings
-            self.scheduler = self.engine.scheduler(max_batch_tokens=s.max_batch_tokens, max_running=s.max_running,
-                                                   prefill_group=s.prefill_group)
+            self.scheduler = Scheduler(_Limited(self.engine, s), max_batch_tokens=s.max_batch_tokens,
+                                       max_running=s.max_running, prefill_group=s.prefill_group)
             self.scheduler.start()
 
     def close(self) -> None:
@@ -301,7 +325,7 @@ class Service:
             return lambda _token, text: text and loop.call_soon_threadsafe(job.on_delta, text)
 
         def call():
-            scheduler = self.engine.scheduler(prefill_group=len(works))
+            scheduler = Scheduler(_Limited(self.engine, self.settings), prefill_group=len(works))
             handles = []
             for w in works:
                 try:
