@@ -177,18 +177,22 @@ def main(argv: list[str] | None = None) -> dict:
     plan = mix(args.requests)
     levels = [int(x) for x in args.concurrency.split(",")]
     rows, cache_rows = [], []
-    for mode in args.batching.split(","):
-        url, server, service = serve_in_process(ServeSettings(**base, batching=mode,
-                                                              max_batch_tokens=args.max_batch_tokens))
-        try:
+    modes = args.batching.split(",")
+    servers = {m: serve_in_process(ServeSettings(**base, batching=m, max_batch_tokens=args.max_batch_tokens))
+               for m in modes}
+    try:
+        for url, _, service in servers.values():
             run_level(url, service, 4, plan[:8], images)  # warm-up
-            for c in levels:
+        for c in levels:  # the modes interleaved per level: the same background load for both
+            for mode in modes:
+                url, _, service = servers[mode]
                 r = {"batching": mode, **run_level(url, service, c, plan, images)}
                 rows.append(r)
                 print(f"{mode:<10} c={c:<3} ok {r['ok']}/{r['requests']}  {r['requests_per_s']:.2f} req/s  "
                       f"short p50 {r['short_p50_ms']:.0f} p95 {r['short_p95_ms']:.0f} ms  running "
                       f"{r['mean_running']:.1f} (max {r['max_running']})", flush=True)
-        finally:
+    finally:
+        for _, server, service in servers.values():
             server.should_exit = True
             service.close()
     if args.cache_tokens:
