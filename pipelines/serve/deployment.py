@@ -99,6 +99,7 @@ def run(settings: ServeSettings, dep: DeploymentSettings, host: str = "127.0.0.1
     if not ray.is_initialized():
         for k, v in proxy_env().items():
             os.environ.setdefault(k, v)
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # A fresh local Ray unless RAY_ADDRESS names a cluster: never join whatever cluster this machine runs.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False)
     serve.start(http_options=http_options(settings, host, port))
     serve.run(deployment(settings, dep), name="restore", route_prefix="/", blocking=blocking)
