@@ -88,8 +88,9 @@ def monkeypatch_module():
 def local_serve(monkeypatch_module):
     for k, v in proxy_env().items():
         monkeypatch_module.setenv(k, v)
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _metrics_export_port=METRICS_PORT,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    # A fresh local Ray (never one another process on this machine runs), metrics on a known port.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=METRICS_PORT, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
     port = free_port()
     serve.start(http_options=http_options(ServeSettings(model="random:llava-tiny"), "127.0.0.1", port))
     yield f"http://127.0.0.1:{port}"
