@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-batch-size", type=int, default=8, help="static: requests per batch")
     p.add_argument("--max-running", type=int, default=32, help="continuous: requests decoding at once")
     p.add_argument("--max-batch-tokens", type=int, default=16384, help="continuous: cache tokens (part 1)")
+    p.add_argument("--prefill-group", type=int, default=8, help="continuous: requests prefilled together")
     p.add_argument("--cache-tokens", type=int, default=2560,
                    help="part 2: the fixed max_batch_tokens (0 skips part 2)")
     p.add_argument("--cache-max-tokens", type=int, default=48, help="part 2: max_tokens of each caption")
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     reduction = {"method": args.method, "budget": args.budget}
     base = dict(model=args.model, reduction=reduction, device=args.device, calibrate=False,
                 max_batch_size=args.max_batch_size, max_running=args.max_running, max_tokens=512,
+                prefill_group=args.prefill_group,
                 max_waiting=4096, request_timeout_s=600)
     images = [_image_url(i) for i in range(16)]
     plan = mix(args.requests)
