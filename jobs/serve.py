@@ -20,7 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless you mean otherwise)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set RESTORE_API_KEY)")
-    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--max-batch-size", type=int, default=8, help="static batching: requests per batch")
+    p.add_argument("--max-batch-tokens", type=int, default=8192,
+                   help="KV-cache tokens of all running requests together (a reduced request costs its reduced size)")
+    p.add_argument("--max-running", type=int, default=32, help="requests decoding at once at most")
+    p.add_argument("--request-timeout", type=float, default=120.0, help="seconds a request may take (then 504)")
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=1)
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per replica (default: 1 if CUDA is visible, else 0)")
@@ -41,7 +45,8 @@ def settings_from_args(args: argparse.Namespace):
 
     settings = ServeSettings(
         model=args.model, reduction=reduction_from_args(args), device=args.device,
-        max_batch_size=args.max_batch_size, api_key=args.api_key or os.environ.get("RESTORE_API_KEY") or None,
+        max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens, max_running=args.max_running,
+        request_timeout_s=args.request_timeout, api_key=args.api_key or os.environ.get("RESTORE_API_KEY") or None,
         fetch=fetch_from_args(args),
     )
     gpus = args.num_gpus

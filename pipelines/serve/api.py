@@ -9,14 +9,42 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from restore.config import ReductionConfig
 
 if TYPE_CHECKING:
     from restore.request import Stats
+
+
+def _unicode(v: str) -> str:
+    """Text that is valid Unicode: a lone surrogate (JSON '\\udc00') is refused here, naming the field."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"not valid Unicode text (a lone surrogate at character {err.start}); send UTF-8 text") \
+            from None
+    return v
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+
+INT64 = 2**63
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx the app produces: the OpenAI error shape."""
+
+    error: ErrorDetail
 
 
 class _Strict(BaseModel):
@@ -31,13 +59,13 @@ def _registered(v: ReductionConfig | None) -> ReductionConfig | None:
 
 
 class MediaURL(_Strict):
-    url: str = Field(..., min_length=1, description="data: URI, s3:// or an allowed http(s) URL.")
-    detail: str | None = Field(None, description="Accepted for compatibility; the model's processor sets resolution.")
+    url: Text = Field(..., min_length=1, description="data: URI, s3:// or an allowed http(s) URL.")
+    detail: Text | None = Field(None, description="Accepted for compatibility; the model's processor sets resolution.")
 
 
 class ContentPart(_Strict):
     type: Literal["text", "image_url", "video_url"]
-    text: str | None = None
+    text: Text | None = None
     image_url: MediaURL | None = None
     video_url: MediaURL | None = None
 
@@ -50,8 +78,8 @@ class ContentPart(_Strict):
 
 class Message(_Strict):
     role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
-    name: str | None = None
+    content: Text | list[ContentPart]
+    name: Text | None = None
 
 
 class StreamOptions(_Strict):
@@ -59,18 +87,18 @@ class StreamOptions(_Strict):
 
 
 class ChatRequest(_Strict):
-    model: str | None = None
+    model: Text | None = Field(None, description="The served model id (GET /v1/models) or none.")
     messages: list[Message] = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=5.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(None, ge=-INT64, le=INT64 - 1, description="Sampling seed (a 64-bit integer).")
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Text | None = None
     restore: ReductionConfig | None = Field(None, description="Per-request reduction (ReductionConfig schema).")
 
     check_restore = field_validator("restore")(_registered)
@@ -88,9 +116,9 @@ class ChatRequest(_Strict):
 class MediaInput(_Strict):
     """One image or video for /v1/caption and /v1/vqa: base64 bytes or a reference."""
 
-    image: str | None = Field(None, description="Base64 of the image bytes, or a data:/s3:// /allowed http(s) URI.")
-    video: str | None = Field(None, description="Base64 of the video bytes, or a data:/s3:// /allowed http(s) URI.")
-    id: str | None = Field(None, description="Caller's id, echoed in the rows (default: a generated one).")
+    image: Text | None = Field(None, description="Base64 of the image bytes, or a data:/s3:// /allowed http(s) URI.")
+    video: Text | None = Field(None, description="Base64 of the video bytes, or a data:/s3:// /allowed http(s) URI.")
+    id: Text | None = Field(None, description="Caller's id, echoed in the rows (default: a generated one).")
 
     @model_validator(mode="after")
     def _one(self):
@@ -100,7 +128,7 @@ class MediaInput(_Strict):
 
 
 class CaptionRequest(MediaInput):
-    prompt: str | None = Field(None, description="Caption prompt (default: the batch job's).")
+    prompt: Text | None = Field(None, description="Caption prompt (default: the batch job's).")
     max_tokens: int | None = Field(None, ge=1)
     restore: ReductionConfig | None = None
 
@@ -108,7 +136,7 @@ class CaptionRequest(MediaInput):
 
 
 class VQARequest(MediaInput):
-    questions: list[str] = Field(..., min_length=1)
+    questions: list[Text] = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     restore: ReductionConfig | None = None
 

@@ -5,6 +5,14 @@ Routes: `POST /v1/chat/completions` (OpenAI-compatible, `stream` as SSE, extra
 the batch job's Parquet rows as JSON), `GET /v1/models`, `/healthz`, `/readyz`.
 `create_app(service)` is the whole HTTP surface and runs without Ray (tests use
 it in-process); `pipelines.serve.deployment` puts it on Ray Serve.
+
+Every 4xx/5xx the app produces has the OpenAI shape `{"error": {"message",
+"type", "param", "code"}}` (`api.ErrorBody`), and the OpenAPI document lists
+exactly the statuses the server answers. A request is validated completely
+(body size, schema, Unicode, model id, prompt length, the engine's own checks)
+before a response, or a stream, is started. Each request leaves one structured
+log line (id, route, status, tokens, ms); a traceback is logged once, only for
+a real server error.
 """
 
 from __future__ import annotations
@@ -12,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -22,34 +32,64 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.media.fetch import MediaError, load_image, load_video
 from pipelines.rows import output_row
 from pipelines.serve import api
-from pipelines.serve.batcher import Service
+from pipelines.serve.batcher import Overloaded, PromptTooLong, RequestTimeout, Service
+from pipelines.serve.metrics import Metrics
 from restore.config import GenerationConfig
 from restore.prompts import DEFAULT_CAPTION_PROMPTS
 
 logger = logging.getLogger(__name__)
+access = logging.getLogger("pipelines.serve.access")
 
 API_KEY_ENV = "RESTORE_API_KEY"
 OPEN_ROUTES = {"/healthz", "/readyz"}
+REQUEST_ID = "x-request-id"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+          413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error",
+          504: "timeout_error"}
+_CODES = {400: "invalid_value", 401: "invalid_api_key", 404: "not_found", 413: "request_too_large",
+          429: "rate_limit_exceeded", 500: "internal_error", 503: "unavailable", 504: "timeout"}
 
 
-# ---------------------------------------------------------------------------- the HTTP surface
+class ApiError(Exception):
+    """A client-facing error: status, message naming the field, `param`, `code`."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+        self.code = code or _CODES.get(status)
+        self.headers = headers
 
 
-def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
-           headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}},
-                        status_code=status, headers=headers)
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"), "param": param,
+                      "code": code or _CODES.get(status)}}
+
+
+def _json_bytes(payload) -> bytes:
+    # ASCII escapes: text echoed from a client (a lone surrogate in a key) can never break the encoder.
+    return json.dumps(payload, ensure_ascii=True, separators=(",", ":"), default=str).encode()
+
+
+def _error(status: int, message: str, param: str | None = None, code: str | None = None,
+           headers: dict | None = None) -> Response:
+    return Response(_json_bytes(error_body(status, message, param, code)), status_code=status,
+                    media_type="application/json", headers=headers)
 
 
 def _field(loc) -> str:
     # Union branches show up in locations as type tags ('str', 'list[ContentPart]'): not field names.
-    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and ("[" in p or p == "str"))]
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and (
+        "[" in p or p in ("str", "function-after", "int", "float")))]
     return ".".join(parts) or "body"
 
 
@@ -57,74 +97,349 @@ def _validation_message(err: RequestValidationError | ValidationError) -> tuple[
     errors = err.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return "body is not valid JSON", "body"
+    if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return "body: a JSON object is required", "body"
     # The deepest location is the most specific (for a union, the branch that got furthest).
     worst = max(errors, key=lambda e: len(e.get("loc", ())))
     where = _field(worst.get("loc", ()))
-    return f"{where}: {worst.get('msg')}", where
+    message = str(worst.get("msg")).removeprefix("Value error, ")
+    return f"{where}: {message}", where
 
 
-def create_app(service: Service, api_key: str | None = None) -> FastAPI:
+def _param_of(message: str) -> str | None:
+    """The field a library message starts with ('messages.0.content.1.image_url: ...'), if any."""
+    head = message.split(":", 1)[0]
+    return head if head and re.fullmatch(r"[A-Za-z_][\w.]*", head) else None
+
+
+def _engine_error(err: ValueError) -> ApiError:
+    """The engine's refusal of a request (it names 'request N') as a 400 naming the API field."""
+    text = re.sub(r"^request \d+: ", "", str(err))
+    if isinstance(err, PromptTooLong):
+        return ApiError(400, f"messages: {text}", "messages", "context_length_exceeded")
+    if "context" in text and "exceed" in text:
+        return ApiError(400, f"messages: {text}", "messages", "context_length_exceeded")
+    if "max_batch_tokens" in text:
+        return ApiError(400, f"max_tokens: {text}", "max_tokens", "context_length_exceeded")
+    if "reduction layer" in text or "ReductionConfig" in text:
+        return ApiError(400, f"restore: {text}", "restore")
+    return ApiError(400, f"messages: {text}", "messages")
+
+
+def _request_id(scope) -> str:
+    """The client's X-Request-ID when it is a short printable token, else a new one."""
+    for k, v in scope.get("headers", ()):
+        if k == b"x-request-id":
+            try:
+                rid = v.decode("ascii")
+            except UnicodeDecodeError:
+                break
+            if _SAFE_ID.match(rid):
+                return rid
+            break
+    return uuid.uuid4().hex
+
+
+def _set_header(scope, name: bytes, value: bytes) -> None:
+    scope["headers"] = [(k, v) for k, v in scope.get("headers", ()) if k != name] + [(name, value)]
+
+
+class ProxyMiddleware:
+    """For the Serve proxy (`http_options.middlewares`, outermost, ahead of Serve's own request-id code, which
+    decodes the header as UTF-8 and answered 500 on other bytes): a non-ASCII or odd X-Request-ID is replaced by a
+    fresh one; the proxy's own plain-text errors (backpressure 429, 503, 500, 408) are rewritten into the OpenAI
+    error shape, with ±25 % jitter on a Retry-After so rejected clients do not return in lockstep."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        _set_header(scope, b"x-request-id", _request_id(scope).encode())
+        rewrite: dict = {}
+
+        async def send_(message):
+            if message["type"] == "http.response.start":
+                headers = [(k.lower(), v) for k, v in message.get("headers", [])]
+                ctype = dict(headers).get(b"content-type", b"")
+                if message["status"] >= 400 and not ctype.startswith(b"application/json"):
+                    rewrite["start"], rewrite["headers"] = message, headers
+                    return
+            elif message["type"] == "http.response.body" and "start" in rewrite:
+                if message.get("more_body"):
+                    return
+                start = rewrite.pop("start")
+                status = start["status"]
+                text = {429: "too many requests: this deployment's queue is full; retry later",
+                        503: "service unavailable: no replica can take the request now; retry later",
+                        408: "request timed out in the proxy"}.get(status, "internal error in the proxy")
+                body = _json_bytes(error_body(status, text))
+                headers = [(k, v) for k, v in rewrite["headers"] if k not in (b"content-type", b"content-length")]
+                headers = [(k, _jitter(v) if k == b"retry-after" else v) for k, v in headers]
+                headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                await send({**start, "headers": headers})
+                return await send({"type": "http.response.body", "body": body})
+            await send(message)
+
+        await self.app(scope, receive, send_)
+
+
+def _jitter(value: bytes) -> bytes:
+    import random
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        return value
+    return str(max(1, round(seconds * random.uniform(0.75, 1.25)))).encode()
+
+
+def proxy_middlewares() -> list:
+    """For `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=pipelines.serve.app:proxy_middlewares` (Serve config YAML)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(ProxyMiddleware)]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    """The outermost app middleware: request id, body limit (Content-Length and while reading), API key, one
+    access-log line and the request metrics per request, and the one place a real server error is logged
+    (once, with its traceback) and answered 500 in the error shape."""
+
+    def __init__(self, app, service: Service, key: str | None, metrics: Metrics) -> None:
+        self.app, self.service, self.key, self.metrics = app, service, key, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        rid = _request_id(scope)
+        _set_header(scope, b"x-request-id", rid.encode())
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        path = scope.get("path", "")
+        status = {"code": 0, "started": False}
+        limit = self.service.settings.max_body_bytes
+
+        async def send_(message):
+            if message["type"] == "http.response.start":
+                status["code"], status["started"] = message["status"], True
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
+            await send(message)
+
+        async def reply(resp: Response):
+            await resp(scope, receive, send_)
+
+        read = 0
+
+        async def receive_():
+            nonlocal read
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > limit:
+                    state["body_too_large"] = True
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            headers = dict(scope.get("headers", ()))
+            length = headers.get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                await reply(_error(413, f"body: larger than this server's limit of {limit} bytes", "body"))
+            elif self.key and path not in OPEN_ROUTES and not hmac.compare_digest(
+                    headers.get(b"authorization", b""), f"Bearer {self.key}".encode()):
+                await reply(_error(401, "missing or wrong API key (Authorization: Bearer KEY)",
+                                   headers={"WWW-Authenticate": 'Bearer realm="restore"'}))
+            else:
+                await self.app(scope, receive_, send_)
+        except _BodyTooLarge:
+            if not status["started"]:
+                await reply(_error(413, f"body: larger than this server's limit of {limit} bytes", "body"))
+        except Exception:
+            logger.exception("request %s %s failed", rid, path)
+            if not status["started"]:
+                await reply(_error(500, f"internal error (request id {rid})"))
+        finally:
+            ms = (time.perf_counter() - t0) * 1e3
+            route = state.get("route", path if path in _ROUTES else "other")
+            access.info(json.dumps({"id": rid, "route": route, "method": scope.get("method"),
+                                    "status": status["code"], "tokens": state.get("tokens"),
+                                    "ms": round(ms, 1)}, ensure_ascii=True))
+            self.metrics.request(route, status["code"], ms / 1e3)
+
+
+_ROUTES = {"/v1/chat/completions", "/v1/caption", "/v1/vqa", "/v1/models", "/healthz", "/readyz"}
+
+_ERRORS = {code: {"model": api.ErrorBody, "description": desc} for code, desc in [
+    (400, "Invalid request: the message and `param` name the field"),
+    (401, "Missing or wrong API key (only when the server has one)"),
+    (404, "Unknown model"),
+    (413, "Body or media over the server's limits"),
+    (429, "Overloaded: retry after `Retry-After` seconds"),
+    (504, "The request ran past the server's time limit and was cancelled"),
+]}
+_OPEN = {code: _ERRORS[code] for code in (401,)}
+
+
+def create_app(service: Service, api_key: str | None = None, metrics: Metrics | None = None) -> FastAPI:
     settings = service.settings
     key = api_key or settings.api_key or os.environ.get(API_KEY_ENV) or None
-    app = FastAPI(title="restore", docs_url=None, redoc_url=None)
+    metrics = metrics or Metrics()
+    service.metrics = metrics
+    app = FastAPI(title="restore", docs_url=None, redoc_url=None, redirect_slashes=False)
     name = settings.served_name()
     worker = f"{socket.gethostname()}:{os.getpid()}"
-
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if key and request.url.path not in OPEN_ROUTES:
-            if request.headers.get("authorization", "") != f"Bearer {key}":
-                return _error(401, "missing or wrong API key (Authorization: Bearer KEY)", kind="authentication_error")
-        return await call_next(request)
+    app.add_middleware(Guard, service=service, key=key, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError):
         message, where = _validation_message(err)
         return _error(400, message, where)
 
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, err: ApiError):
+        return _error(err.status, err.message, err.param, err.code, err.headers)
+
     @app.exception_handler(MediaError)
     async def media(_: Request, err: MediaError):
-        return _error(err.status, str(err))
+        status = getattr(err, "status", 400)
+        param = getattr(err, "param", None) or _param_of(str(err))
+        return _error(status, str(err), param, getattr(err, "code", None))
 
-    @app.exception_handler(ValueError)
-    async def bad_value(_: Request, err: ValueError):
-        return _error(400, str(err))
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, err: Overloaded):
+        return _error(429, str(err), headers={"Retry-After": str(max(1, round(err.retry_after_s)))})
 
-    @app.get("/healthz")
+    @app.exception_handler(RequestTimeout)
+    async def timed_out(_: Request, err: RequestTimeout):
+        return _error(504, str(err))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        if request.scope.get("state", {}).get("body_too_large"):  # raised while FastAPI read the body
+            limit = settings.max_body_bytes
+            return _error(413, f"body: larger than this server's limit of {limit} bytes", "body")
+        if err.status_code == 404:
+            return _error(404, f"no route {request.method} {request.url.path}", code="not_found")
+        if err.status_code == 405:
+            return _error(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed",
+                          headers=err.headers)
+        param = "body" if err.status_code == 400 else None
+        return _error(err.status_code, str(err.detail), param, headers=err.headers)
+
+    @app.get("/healthz", responses={})
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"model": api.ErrorBody, "description": "The model is loading"}})
     async def readyz():
         if service.engine is None:
-            return _error(503, "model is loading", kind="unavailable")
+            return _error(503, "model is loading", headers={"Retry-After": "5"})
         return {"status": "ready", "model": name}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_OPEN)
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "restore"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat(body: api.ChatRequest):
+    stream_ok = {200: {"description": "A chat completion, or with `stream: true` server-sent events",
+                       "content": {"application/json": {}, "text/event-stream": {}}}}
+
+    @app.post("/v1/chat/completions", responses={**stream_ok, **_ERRORS})
+    async def chat(body: api.ChatRequest, http: Request):
+        http.state.route = "/v1/chat/completions"
+        if body.model is not None and body.model != name:
+            raise ApiError(404, f"model: {body.model!r} is not served here; GET /v1/models lists {name!r}",
+                           "model", "model_not_found")
         request, generation = await _chat_request(service, body)
         if not body.stream:
-            result = await service.submit(request, generation)
+            job = await _open(service, request, generation)
+            result = await _wait(service, job, http)
+            http.state.tokens = result.stats.generated_tokens
             return api.chat_response(name, result, generation.max_new_tokens)
-        return StreamingResponse(_stream(service, name, request, generation, body), media_type="text/event-stream")
+        deltas: asyncio.Queue[str] = asyncio.Queue()
+        job = await _open(service, request, generation, on_delta=deltas.put_nowait)
+        return StreamingResponse(_stream(service, name, job, deltas, body, http), media_type="text/event-stream")
 
-    @app.post("/v1/caption")
-    async def caption(body: api.CaptionRequest):
+    @app.post("/v1/caption", responses=_ERRORS)
+    async def caption(body: api.CaptionRequest, http: Request):
         kind = "images" if body.image is not None else "videos"
         prompt = body.prompt or DEFAULT_CAPTION_PROMPTS[kind]
-        return {"rows": await _rows(service, body, "caption", [prompt], worker)}
+        return {"rows": await _rows(service, body, "caption", [prompt], worker, http)}
 
-    @app.post("/v1/vqa")
-    async def vqa(body: api.VQARequest):
+    @app.post("/v1/vqa", responses=_ERRORS)
+    async def vqa(body: api.VQARequest, http: Request):
         if len(body.questions) > settings.max_questions:
-            raise MediaError(f"questions: {len(body.questions)} given, at most {settings.max_questions} allowed")
-        return {"rows": await _rows(service, body, "vqa", body.questions, worker)}
+            raise ApiError(400, f"questions: {len(body.questions)} given, at most {settings.max_questions} allowed",
+                           "questions")
+        return {"rows": await _rows(service, body, "vqa", body.questions, worker, http)}
 
+    def openapi():
+        """The document says what the server does: 400 (never 422) and the statuses above."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for path in doc.get("paths", {}).values():
+                for op in path.values():
+                    op.get("responses", {}).pop("422", None)
+            for schema in ("HTTPValidationError", "ValidationError"):
+                doc.get("components", {}).get("schemas", {}).pop(schema, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+async def _open(service: Service, request, generation: GenerationConfig, on_delta=None):
+    """Queue a request after the prompt-length check; the engine's refusals become 400s naming the field."""
+    s = service.settings
+    max_chars = s.max_prompt_tokens * 16  # no tokenizer needs more than 16 characters per token to refuse early
+    if len(request.prompt) > max_chars:
+        raise ApiError(400, f"messages: the text has {len(request.prompt)} characters, more than this server reads "
+                       f"for a prompt of at most {s.max_prompt_tokens} tokens", "messages", "context_length_exceeded")
+    try:
+        return await service.open(request, generation, on_delta)
+    except ValueError as err:
+        raise _engine_error(err) from None
+
+
+async def _disconnected(http: Request) -> None:
+    """Returns when the client goes away (the body has been read, so the next message is the disconnect)."""
+    while True:
+        message = await http.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _wait(service: Service, job, http: Request):
+    """The job's result; cancelled when the client disconnects first (its slot is freed at the next step)."""
+    waiter = asyncio.ensure_future(service.wait(job))
+    gone = asyncio.ensure_future(_disconnected(http))
+    try:
+        done, _ = await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            waiter.cancel()
+            job.cancel()
+            raise ApiError(499, "client closed the request")
+        try:
+            return waiter.result()
+        except ValueError as err:  # static batching checks the request when its batch runs
+            raise _engine_error(err) from None
+    finally:
+        gone.cancel()
+        if not waiter.done():
+            waiter.cancel()
 
 
 def _generation(service: Service, body) -> GenerationConfig:
@@ -132,7 +447,7 @@ def _generation(service: Service, body) -> GenerationConfig:
     wanted = getattr(body, "max_completion_tokens", None) or body.max_tokens or s.default_max_tokens
     if wanted > s.max_tokens:
         field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
-        raise MediaError(f"{field}: {wanted} is over this server's limit of {s.max_tokens}")
+        raise ApiError(400, f"{field}: {wanted} is over this server's limit of {s.max_tokens}", field)
     temperature = getattr(body, "temperature", None)
     sample = temperature is not None and temperature > 0
     return GenerationConfig(
@@ -147,8 +462,9 @@ async def _chat_request(service: Service, body: api.ChatRequest):
 
     s = service.settings
     if any(m.role == "assistant" for m in body.messages) or sum(m.role == "user" for m in body.messages) != 1:
-        raise MediaError("messages: one user message (after optional system messages) is supported; "
-                         "earlier turns cannot be placed in this model's prompt")
+        raise ApiError(400, "messages: one user message (after optional system messages) is supported; "
+                       "earlier turns cannot be placed in this model's prompt", "messages")
+    generation = _generation(service, body)
     texts, images, videos = [], [], []
     for i, m in enumerate(body.messages):
         parts = [api.ContentPart(type="text", text=m.content)] if isinstance(m.content, str) else m.content
@@ -157,37 +473,55 @@ async def _chat_request(service: Service, body: api.ChatRequest):
             if p.type == "text":
                 texts.append(p.text)
             elif m.role != "user":
-                raise MediaError(f"{where}: media is only accepted in the user message")
+                raise ApiError(400, f"{where}: media is only accepted in the user message", where)
             elif p.type == "image_url":
                 images.append((p.image_url.url, f"{where}.image_url"))
             else:
                 videos.append((p.video_url.url, f"{where}.video_url"))
     if len(images) + len(videos) > s.max_images:
-        raise MediaError(f"messages: {len(images) + len(videos)} images/videos, at most {s.max_images} allowed")
+        raise ApiError(400, f"messages: {len(images) + len(videos)} images/videos, at most {s.max_images} allowed",
+                       "messages")
     if len(videos) > 1:
-        raise MediaError("messages: at most one video per request")
+        raise ApiError(400, "messages: at most one video per request", "messages")
+    text = " ".join(t.strip() for t in texts if t.strip())
+    if not text and not images and not videos:
+        raise ApiError(400, "messages: the prompt is empty and there is no image or video; give some text",
+                       "messages")
     pics = [await run_in_threadpool(load_image, url, where, s.fetch) for url, where in images]
     video = await run_in_threadpool(load_video, *videos[0], s.fetch, s.video_frames) if videos else None
-    text = " ".join(t.strip() for t in texts if t.strip())
     count = len(pics) + (len(video.frames) if video else 0)
     request = Request(
         service.engine.media_prompt(text, count), images=pics, video=video.frames if video else None,
         fps=video.fps if video else None, reduction=body.restore,
     )
-    return request, _generation(service, body)
+    return request, generation
 
 
-async def _stream(service: Service, name: str, request, generation: GenerationConfig, body: api.ChatRequest):
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=True)}\n\n"
+
+
+async def _stream(service: Service, name: str, job, deltas: asyncio.Queue, body: api.ChatRequest, http: Request):
+    """SSE chunks from the scheduler's text deltas. Text that could still turn into a stop string, and trailing
+    spaces, are held back until they cannot; the final text is the non-streamed one. A client that goes away
+    closes this generator: the request is cancelled and leaves the batch at the next decode step."""
     cid, created = api.completion_id(), int(time.time())
-    tokens: asyncio.Queue[int] = asyncio.Queue()
-    task = asyncio.ensure_future(service.submit(request, generation, on_token=tokens.put_nowait))
-    # Text that could still turn into a stop string is held back until it cannot.
+    generation = job.generation
     hold = max((len(x) for x in generation.stop), default=1) - 1
-    ids: list[int] = []
-    sent = ""
+    raw, sent = "", ""
+    rid = http.state.request_id
+    waiter = asyncio.ensure_future(service.wait(job))
 
-    def event(payload: dict) -> str:
-        return f"data: {json.dumps(payload)}\n\n"
+    def visible(text: str, final: bool) -> str:
+        for s in generation.stop:
+            cut = text.find(s)
+            if cut >= 0:
+                text = text[:cut]
+        text = text.lstrip()
+        if not final:
+            text = text[: len(text) - hold] if hold else text
+            text = text.rstrip()
+        return text
 
     def delta_for(text: str) -> str | None:
         nonlocal sent
@@ -196,33 +530,46 @@ async def _stream(service: Service, name: str, request, generation: GenerationCo
         piece, sent = text[len(sent):], text
         return piece
 
-    yield event(api.chunk(cid, name, created, {"role": "assistant", "content": ""}))
-    while True:
-        getter = asyncio.ensure_future(tokens.get())
-        done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-        if getter not in done:
-            getter.cancel()
-            break
-        ids.append(getter.result())
-        text = service.engine.text_of(ids, generation.stop)
-        piece = delta_for(text[: len(text) - hold] if hold else text)
-        if piece:
-            yield event(api.chunk(cid, name, created, {"content": piece}))
     try:
-        result = task.result()
-    except Exception as err:  # headers are sent: report in-band, as OpenAI's stream does
-        yield event({"error": {"message": f"generation failed: {err}", "type": "server_error", "code": 500}})
+        yield _event(api.chunk(cid, name, created, {"role": "assistant", "content": ""}))
+        while True:
+            getter = asyncio.ensure_future(deltas.get())
+            done, _ = await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                break
+            raw += getter.result()
+            while not deltas.empty():
+                raw += deltas.get_nowait()
+            piece = delta_for(visible(raw, final=False))
+            if piece:
+                yield _event(api.chunk(cid, name, created, {"content": piece}))
+        try:
+            result = waiter.result()
+        except RequestTimeout as err:  # headers are sent: report in-band, in the error shape
+            http.state.tokens = None
+            yield _event(error_body(504, str(err)))
+            yield "data: [DONE]\n\n"
+            return
+        except Exception:
+            logger.exception("request %s: generation failed", rid)
+            yield _event(error_body(500, f"generation failed (request id {rid})"))
+            yield "data: [DONE]\n\n"
+            return
+        http.state.tokens = result.stats.generated_tokens
+        piece = delta_for(result.text)
+        if piece:
+            yield _event(api.chunk(cid, name, created, {"content": piece}))
+        finish = api.finish_reason(result, generation.max_new_tokens)
+        yield _event(api.chunk(cid, name, created, {}, finish, restore=api.restore_stats(result.stats)))
+        if body.stream_options and body.stream_options.include_usage:
+            yield _event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
+                          "choices": [], "usage": api.usage(result)})
         yield "data: [DONE]\n\n"
-        return
-    piece = delta_for(result.text)
-    if piece:
-        yield event(api.chunk(cid, name, created, {"content": piece}))
-    finish = api.finish_reason(result, generation.max_new_tokens)
-    yield event(api.chunk(cid, name, created, {}, finish, restore=api.restore_stats(result.stats)))
-    if body.stream_options and body.stream_options.include_usage:
-        yield event({"id": cid, "object": "chat.completion.chunk", "created": created, "model": name,
-                     "choices": [], "usage": api.usage(result)})
-    yield "data: [DONE]\n\n"
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+            job.cancel()
 
 
 def _media_reference(value: str, field: str) -> str:
@@ -232,13 +579,14 @@ def _media_reference(value: str, field: str) -> str:
     try:
         base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise MediaError(f"{field}: neither base64 nor a data:/s3:// /http(s) reference") from None
+        raise ApiError(400, f"{field}: neither base64 nor a data:/s3:// /http(s) reference", field) from None
     return f"data:application/octet-stream;base64,{value}"
 
 
-async def _rows(service: Service, body, task: str, prompts: list[str], worker: str) -> list[dict]:
+async def _rows(service: Service, body, task: str, prompts: list[str], worker: str, http: Request) -> list[dict]:
     from restore import Request
 
+    http.state.route = f"/v1/{task}"
     s = service.settings
     generation = _generation(service, body)
     rid = body.id or uuid.uuid4().hex[:16]
@@ -253,7 +601,17 @@ async def _rows(service: Service, body, task: str, prompts: list[str], worker: s
         make = lambda p: Request(service.engine.media_prompt(p, len(video.frames)), video=video.frames,  # noqa: E731
                                  fps=video.fps, reduction=body.restore)
         uri = body.video if "://" in body.video[:16] else f"inline:{rid}"
-    results = await asyncio.gather(*(service.submit(make(p), generation) for p in prompts))
+    jobs = []
+    try:
+        for p in prompts:
+            jobs.append(await _open(service, make(p), generation))
+        results = await asyncio.gather(*(_wait(service, j, http) if i == 0 else service.wait(j)
+                                         for i, j in enumerate(jobs)))
+    except BaseException:
+        for j in jobs:
+            j.cancel()
+        raise
+    http.state.tokens = sum(r.stats.generated_tokens for r in results)
     reduction = body.restore or s.reduction
     return [
         output_row(rid if len(prompts) == 1 else f"{rid}:{i}", uri, task, p, s.model, reduction, r, worker)

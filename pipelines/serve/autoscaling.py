@@ -12,7 +12,13 @@ What each replica reports (`record_autoscaling_stats`, see `pipelines.serve.depl
   probe would make some users pay the unreduced latency, and idle replicas
   still know their full rate.
 
-Capacity of a replica is `full_rate × speedup` requests/s. The policy asks for
+- `concurrency_gain`: requests that fit the scheduler's cache budget
+  (`max_batch_tokens`, `max_running`) at once at this traffic's reduced cache
+  cost, over those that would fit with every visual token: the extra
+  concurrency reduction buys under continuous batching (1 when the cache is
+  not the bound).
+
+Capacity of a replica is `full_rate × speedup × concurrency_gain` requests/s. The policy asks for
 enough replicas that arrivals plus draining the queue within `drain_s` use at
 most `target_utilization` of the fleet's capacity. More reduction → higher
 measured speedup → more capacity per replica → fewer replicas for the same
@@ -32,7 +38,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-METRICS = ("arrival_rate", "full_rate", "speedup")
+METRICS = ("arrival_rate", "full_rate", "speedup", "concurrency_gain")
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,8 @@ def desired_replicas(ctx, params: PolicyParams) -> tuple[int, dict]:
     arrivals = _per_replica(ctx, "arrival_rate")
     full = _per_replica(ctx, "full_rate")
     speed = _per_replica(ctx, "speedup")
-    capacities = [full[r] * speed.get(r, 1.0) for r in full if full[r] > 0]
+    gain = _per_replica(ctx, "concurrency_gain")
+    capacities = [full[r] * speed.get(r, 1.0) * max(1.0, gain.get(r, 1.0)) for r in full if full[r] > 0]
     state: dict[str, Any] = {"ongoing": ongoing, "queued": queued}
     if not capacities:
         want = math.ceil(ongoing / params.target_ongoing_requests)

@@ -9,11 +9,13 @@ pipelines.serve:app_builder`), `run` what `restore serve` calls.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pipelines.serve.app import create_app
 from pipelines.serve.autoscaling import SpeedupPolicy
 from pipelines.serve.batcher import Service
+from pipelines.serve.metrics import Metrics
 from pipelines.serve.settings import DeploymentSettings, ServeSettings
 
 
@@ -26,9 +28,15 @@ def deployment(settings: ServeSettings, dep: DeploymentSettings):
     class RestoreServer:
         def __init__(self, settings: dict) -> None:
             self.service = Service.load(ServeSettings(**settings))
+            self.service.metrics = Metrics.ray()
 
         def __serve_build_asgi_app__(self):
-            return create_app(self.service)
+            return create_app(self.service, metrics=self.service.metrics)
+
+        def __del__(self) -> None:
+            service = getattr(self, "service", None)
+            if service is not None:
+                service.close()
 
         def record_autoscaling_stats(self) -> dict[str, float]:
             return self.service.autoscaling_stats()
@@ -59,6 +67,29 @@ def app_builder(args: dict[str, Any]):
     return deployment(ServeSettings(**args.get("settings", {})), DeploymentSettings(**args.get("deployment", {})))
 
 
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "pipelines.serve.app:proxy_middlewares"
+
+
+def http_options(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> dict:
+    """Serve's proxy options: the request timeout a little above the app's own `request_timeout_s` (the app
+    answers 504 first, in the error shape) and idle keep-alive connections closed after 15 s."""
+    return {"host": host, "port": port, "request_timeout_s": settings.request_timeout_s + 5.0,
+            "keep_alive_timeout_s": 15}
+
+
+def proxy_env() -> dict[str, str]:
+    """Environment for the Ray processes (set before `ray.init` starts them): Serve's proxy wraps itself in
+    `app.ProxyMiddleware` (request ids, the error shape of its own 429/503). Ray 2.60 takes proxy middlewares
+    only from this variable (`http_options.middlewares` was removed)."""
+    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, **REPLICA_ENV}
+
+
+# Several threads of a replica run torch ops (the scheduler, request preparation): OpenMP threads spinning after
+# each parallel region steal the scheduler's cores on CPU (encode and prefill measured 4-10x slower).
+REPLICA_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def run(settings: ServeSettings, dep: DeploymentSettings, host: str = "127.0.0.1", port: int = 8000,
         blocking: bool = True) -> None:
     """Start Ray (local unless RAY_ADDRESS is set) and Serve on host:port, deploy, and wait until stopped."""
@@ -66,6 +97,9 @@ def run(settings: ServeSettings, dep: DeploymentSettings, host: str = "127.0.0.1
     from ray import serve
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": port})
+        for k, v in proxy_env().items():
+            os.environ.setdefault(k, v)
+        # A fresh local Ray unless RAY_ADDRESS names a cluster: never join whatever cluster this machine runs.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False)
+    serve.start(http_options=http_options(settings, host, port))
     serve.run(deployment(settings, dep), name="restore", route_prefix="/", blocking=blocking)

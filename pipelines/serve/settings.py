@@ -6,6 +6,8 @@ Both come from `restore serve` flags or from the Serve config's application
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.media.fetch import FetchPolicy
@@ -22,10 +24,27 @@ class ServeSettings(BaseModel):
     reduction: ReductionConfig = Field(default_factory=ReductionConfig, description="Default reduction.")
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu' or 'cuda'.")
     dtype: str = Field("auto", description="float32, bfloat16, float16 or auto.")
-    max_batch_size: int = Field(8, ge=1, le=256, description="Requests that share one forward pass at most.")
-    batch_wait_ms: float = Field(10.0, ge=0, description="How long the first request of a batch waits for others.")
+    batching: Literal["continuous", "static"] = Field(
+        "continuous", description="'continuous': one scheduler per replica, requests join and leave the running "
+        "batch every decode step; 'static': batches formed within batch_wait_ms run to completion (benchmarks).")
+    max_batch_tokens: int = Field(
+        8192, ge=1, description="Continuous batching: KV-cache tokens (after reduction, + max_tokens) of all running "
+        "requests together; a reduced request costs its reduced size, so reduction admits more at once.")
+    max_running: int = Field(32, ge=1, le=1024, description="Continuous batching: requests decoding at once at most.")
+    prefill_group: int = Field(8, ge=1, le=256, description="Continuous batching: requests prefilled together at most.")
+    max_waiting: int = Field(64, ge=0, description="Requests a replica queues behind its running batch; beyond: 429 "
+                             "with a Retry-After from the measured drain time.")
+    max_batch_size: int = Field(8, ge=1, le=256, description="Static batching: requests that share one batch at most.")
+    batch_wait_ms: float = Field(10.0, ge=0, description="Static batching: how long a batch waits for more requests.")
     max_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
     default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request gives none.")
+    max_prompt_tokens: int = Field(
+        4096, ge=1, description="Largest prompt (text + visual tokens before reduction) a request may have; "
+        "checked before any forward pass (the model's context is checked too).")
+    max_body_bytes: int = Field(32 * 2**20, ge=1024, description="Largest request body (413 beyond), from "
+                                "Content-Length and while reading.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Wall-clock limit of one request, queueing included: "
+                                     "it is cancelled, its slot freed, the client gets 504 (or an SSE error event).")
     max_images: int = Field(8, ge=1, description="Images (and videos) per request at most.")
     max_questions: int = Field(16, ge=1, description="Questions per /v1/vqa request at most.")
     video_frames: int = Field(8, ge=1, le=64, description="Frames sampled from each video.")

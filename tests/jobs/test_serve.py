@@ -48,3 +48,18 @@ def test_media_flags_set_the_fetch_policy():
     helps = {a.dest: a.help for a in parser._actions}
     assert f"default {FetchPolicy().max_side}" in helps["max_image_side"]
     assert f"default {FetchPolicy().max_aspect}" in helps["max_aspect"] and "s3://" in helps["allow_s3"]
+
+
+def test_scheduler_flags_set_the_serve_settings():
+    from jobs.cli import build_parser
+    from jobs.serve import settings_from_args
+    from pipelines.serve.settings import ServeSettings
+
+    parse = build_parser().parse_args
+    settings, _ = settings_from_args(parse(["serve", "--model", "random:llava-tiny"]))
+    defaults = ServeSettings()
+    assert (settings.max_batch_tokens, settings.max_running, settings.request_timeout_s) == (
+        defaults.max_batch_tokens, defaults.max_running, defaults.request_timeout_s)
+    settings, _ = settings_from_args(parse(["serve", "--model", "random:llava-tiny", "--max-batch-tokens", "2048",
+                                            "--max-running", "4", "--request-timeout", "30"]))
+    assert (settings.max_batch_tokens, settings.max_running, settings.request_timeout_s) == (2048, 4, 30)

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.bench.serve_load import mix
+
+
+def test_mix_is_ninety_percent_short_and_fixed():
+    plan = mix(200)
+    assert plan == mix(200)
+    longs = [m for kind, m, _ in plan if kind == "long"]
+    assert 10 <= len(longs) <= 30 and all(128 <= m <= 256 for m in longs)
+    assert all(8 <= m <= 16 for kind, m, _ in plan if kind == "short")
+
 
 @pytest.mark.serve
-def test_load_test_script_reports_each_level(tmp_path):
+def test_load_test_script_reports_each_mode_and_the_cache_bound(tmp_path):
     from pipelines.bench.serve_load import main
 
-    report = main(["--model", "random:llava-tiny", "--budget", "8", "--concurrency", "1,2", "--requests", "2",
-                   "--max-tokens", "2", "--out", str(tmp_path)])
-    assert [(r["setting"], r["concurrency"], r["ok"]) for r in report["results"]] == [
-        ("full", 1, 2), ("reduced", 1, 2), ("full", 2, 2), ("reduced", 2, 2)
+    report = main(["--model", "random:llava-tiny", "--budget", "8", "--concurrency", "2", "--requests", "6",
+                   "--cache-tokens", "160", "--cache-max-tokens", "4", "--out", str(tmp_path)])
+    assert [(r["batching"], r["concurrency"], r["ok"]) for r in report["batching"]] == [
+        ("static", 2, 6), ("continuous", 2, 6)
     ]
-    assert {r["kept_tokens"] for r in report["results"]} == {36, 8}
-    assert (tmp_path / "serve.json").exists() and "| reduced | 2 |" in (tmp_path / "serve.md").read_text()
+    full, reduced = report["cache"]["results"]
+    assert (full["kept_tokens"], reduced["kept_tokens"]) == (36, 8) and full["ok"] == reduced["ok"] == 6
+    assert (tmp_path / "serve.json").exists() and "| continuous | 2 |" in (tmp_path / "serve.md").read_text()

@@ -13,4 +13,6 @@ SETTINGS = dict(model="random:llava-tiny", reduction={"method": "divprune", "bud
 
 @pytest.fixture(scope="module")
 def service():
-    return Service.load(ServeSettings(**SETTINGS, calibrate=False))
+    s = Service.load(ServeSettings(**SETTINGS, calibrate=False))
+    yield s
+    s.close()

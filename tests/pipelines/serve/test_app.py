@@ -101,7 +101,7 @@ def test_per_request_restore_override(client):
         (chat([image_part(png_b64())] * 3), 400, "at most 2 allowed"),
         (chat([{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}]), 400, "unsupported reference"),
         (chat([{"type": "image_url", "image_url": {"url": "/etc/passwd"}}]), 400, "unsupported reference"),
-        (chat([{"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest"}}]), 400, "allow-list"),
+        (chat([{"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest"}}]), 403, "allow-list"),
         (chat([{"type": "image_url"}]), 400, "needs a 'image_url' field"),
         ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                        {"role": "user", "content": "c"}]}, 400, "one user message"),

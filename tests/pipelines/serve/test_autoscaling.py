@@ -59,3 +59,13 @@ def test_bad_parameters_are_refused():
         PolicyParams(target_utilization=1.5)
     with pytest.raises(ValueError, match="drain_s"):
         SpeedupPolicy(drain_s=0)
+
+
+def test_concurrency_gain_from_the_cache_counts_as_capacity():
+    load = [3.0, 3.0]
+    base = ctx(load, speedup=1.0, ongoing=4)
+    gained = ctx(load, speedup=1.0, ongoing=4)
+    metrics = gained.aggregated_metrics()
+    metrics["concurrency_gain"] = {r: 3.0 for r in metrics["full_rate"]}
+    gained.aggregated_metrics = lambda: metrics
+    assert desired_replicas(base, PolicyParams())[0] == 5 and desired_replicas(gained, PolicyParams())[0] == 2

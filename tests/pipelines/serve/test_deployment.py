@@ -18,7 +18,7 @@ from PIL import Image
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-from pipelines.serve.deployment import deployment  # noqa: E402
+from pipelines.serve.deployment import deployment, http_options, proxy_env  # noqa: E402
 from pipelines.serve.settings import DeploymentSettings, ServeSettings  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.serve]
@@ -38,7 +38,12 @@ def post(url: str, body: dict, timeout: float = 30) -> tuple[int, dict, dict]:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, {k.lower(): v for k, v in resp.headers.items()}, json.loads(resp.read())
     except urllib.error.HTTPError as err:
-        return err.code, {k.lower(): v for k, v in err.headers.items()}, {}
+        raw = err.read()
+        try:
+            out = json.loads(raw)
+        except ValueError:
+            out = {"raw": raw.decode("latin-1")}
+        return err.code, {k.lower(): v for k, v in err.headers.items()}, out
 
 
 def body() -> dict:
@@ -70,12 +75,24 @@ def wait_for(cond, timeout: float, what: str) -> None:
         time.sleep(0.25)
 
 
+METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
-def local_serve():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def local_serve(monkeypatch_module):
+    for k, v in proxy_env().items():
+        monkeypatch_module.setenv(k, v)
+    # A fresh local Ray (never one another process on this machine runs), metrics on a known port.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=METRICS_PORT, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options=http_options(ServeSettings(model="random:llava-tiny"), "127.0.0.1", port))
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
@@ -117,21 +134,55 @@ def test_scales_up_under_load_and_down_when_idle(local_serve):
 
 
 def test_excess_load_gets_429_with_retry_after(local_serve):
-    settings = ServeSettings(model="random:llava-tiny", calibrate=False, batch_wait_ms=300, max_batch_size=1,
+    settings = ServeSettings(model="random:llava-tiny", calibrate=False, batching="static", batch_wait_ms=300,
+                             max_batch_size=1,
                              max_tokens=8, default_max_tokens=2)
     dep = DeploymentSettings(min_replicas=1, max_replicas=1, max_ongoing_requests=1, max_queued_requests=1,
                              retry_after_s=3, num_cpus=0.5)
     serve.run(deployment(settings, dep), name=APP, route_prefix="/", blocking=False)
     url = local_serve
     wait_for(lambda: ready(url), 240, "readyz")
-    results: list[tuple[int, dict]] = []
-    threads = [threading.Thread(target=lambda: results.append(post(f"{url}/v1/chat/completions", body())[:2]))
+    results: list[tuple[int, dict, dict]] = []
+    threads = [threading.Thread(target=lambda: results.append(post(f"{url}/v1/chat/completions", body())))
                for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    codes = sorted(code for code, _ in results)
+    codes = sorted(code for code, _, _ in results)
     assert 200 in codes and 429 in codes and set(codes) <= {200, 429}
-    assert [h.get("retry-after") for code, h in results if code == 429] == ["3"] * codes.count(429)
+    # Serve's own backpressure answer, rewritten by the proxy middleware: the error shape, a jittered Retry-After.
+    assert all(2 <= int(h["retry-after"]) <= 4 for code, h, _ in results if code == 429)
+    assert all(out["error"]["type"] == "rate_limit_error" for code, _, out in results if code == 429)
+    # A request id that is not UTF-8 gets a fresh one instead of a 500 from the proxy.
+    req = urllib.request.Request(f"{url}/v1/models")
+    req.add_unredirected_header("X-Request-ID", "\udcff".encode("utf-8", "surrogateescape").decode("latin-1"))
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert resp.status == 200 and len(resp.headers["x-request-id"]) == 32
+    serve.delete(APP)
+
+
+def scrape() -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10) as resp:
+            return resp.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return ""
+
+
+def test_replica_metrics_reach_the_metrics_endpoint(local_serve):
+    settings = ServeSettings(model="random:llava-tiny", reduction={"method": "pool", "budget": 4}, calibrate=False,
+                             max_tokens=8, default_max_tokens=2)
+    serve.run(deployment(settings, DeploymentSettings(num_cpus=0.5)), name=APP, route_prefix="/", blocking=False)
+    url = local_serve
+    wait_for(lambda: ready(url), 240, "readyz")
+    for _ in range(3):
+        assert post(f"{url}/v1/chat/completions", body())[0] == 200
+    assert post(f"{url}/v1/chat/completions", {"messages": []})[0] == 400
+    names = ["ray_restore_requests_total", "ray_restore_request_seconds", "ray_restore_queue_wait_seconds",
+             "ray_restore_time_to_first_token_seconds", "ray_restore_generated_tokens_total",
+             "ray_restore_tokens_per_second", "ray_restore_visual_tokens_total", "ray_restore_kept_tokens_total",
+             "ray_restore_running_requests", "ray_restore_cache_tokens_in_use", "ray_restore_prefill_speedup"]
+    wanted = [*names, 'status="400"', 'route="/v1/chat/completions"']
+    wait_for(lambda: all(n in scrape() for n in wanted), 120, "the replica's metrics on the metrics port")
     serve.delete(APP)
