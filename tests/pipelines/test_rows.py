@@ -61,13 +61,16 @@ class _Engine:
 
 
 class _Service:
-    """Just what the /v1/caption route uses: settings, an engine's prompt policy, and submit."""
+    """Just what the /v1/caption route uses: settings, an engine's prompt policy, open and wait."""
 
     def __init__(self) -> None:
         self.settings = ServeSettings(model="m", reduction=REDUCTION, calibrate=False)
         self.engine = _Engine()
 
-    async def submit(self, request, generation, on_token=None):
+    async def open(self, request, generation, on_delta=None):
+        return request
+
+    async def wait(self, job, timeout=None):
         return RESULT
 
 
