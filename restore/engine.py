@@ -165,6 +165,9 @@ class Engine:
         p = self.adapter.prepare(request, index)
         length = int(p.input_ids.numel())
         if length == 0:
+            if request.prompt.strip():
+                raise ValueError(f"request {index}: no word of the prompt is in this model's vocabulary and there is "
+                                 "no image or video; rephrase it")
             raise ValueError(f"request {index}: the prompt is empty and there is no image or video; give some text")
         limit = self.context_length
         if limit is not None and length + max_new_tokens > limit:

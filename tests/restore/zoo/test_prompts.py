@@ -95,5 +95,5 @@ def test_out_of_world_pictures_get_answers_in_the_worlds_words(engine):
 
 
 def test_a_prompt_that_normalises_to_nothing_is_refused_by_name(engine):
-    with pytest.raises(ValueError, match="request 0"):
+    with pytest.raises(ValueError, match="request 0: no word of the prompt is in this model's vocabulary"):
         engine.generate([Request("hi")], max_new_tokens=2)
