@@ -30,11 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--gpus-per-worker", type=float)
     p.add_argument("--workers", help="MIN,MAX inference actors (autoscaled between them)")
-    p.add_argument("--limit", type=int, help="label only the first N inputs")
+    p.add_argument("--limit", type=int, help="label at most N rows in the output (listing order)")
     p.add_argument("--frames", type=int, help="videos: frames sampled per video")
     p.add_argument("--fps", type=float, help="videos: sample at this rate (at most --frames frames)")
     p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--shard-size", type=int, help="rows per output file")
+    p.add_argument("--shard-size", type=int, help="rows a write task gathers before writing a part file")
 
 
 _FIELDS = ("kind", "input", "output", "task", "prompt", "questions", "model", "method", "budget", "restore",
@@ -51,9 +51,13 @@ def job_from_args(args: argparse.Namespace):
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from pipelines.batch.run import run
+    from pipelines.batch.run import JobInterrupted, run
 
-    summary = run(job_from_args(args))
+    try:
+        summary = run(job_from_args(args))
+    except JobInterrupted as err:  # Ctrl-C: say what was published and how to resume, no traceback
+        print(f"restore label: {err}", file=sys.stderr)
+        return 130
     print(json.dumps(summary.model_dump(), indent=2))
     return 0  # error rows are data (status=error), not a failed job
 
