@@ -2,7 +2,10 @@
 
 Also a `ray job submit` entrypoint::
 
-    ray job submit -- python -m jobs.label images --input s3://corpus/imgs --output s3://out/run1 --method divprune --budget 64
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python -m jobs.label images --input s3://corpus/imgs --output s3://out/run1 --method divprune --budget 64
+
+(docs/batch.md: the form that works on a laptop, and on a cluster.)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["images", "videos"], help="what the input holds")
     p.add_argument("--config", help="job file (YAML or JSON) with LabelJob fields; flags override it")
     p.add_argument("--input", help="folder, glob, s3://bucket/prefix, or manifest .parquet/.jsonl (uri, id?, question?)")
-    p.add_argument("--output", help="local directory or s3:// prefix for part-XXXXX.parquet")
+    p.add_argument("--output", help="local directory or s3:// prefix for the part-*.parquet files")
     p.add_argument("--task", choices=["caption", "vqa"])
     q = p.add_mutually_exclusive_group()
     q.add_argument("--prompt", help="caption prompt, or the one vqa question for every input")

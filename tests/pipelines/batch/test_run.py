@@ -191,6 +191,24 @@ def test_rerun_labels_nothing_then_only_new_files(local_images, corpus, tmp_path
     assert not [n for n in os.listdir(j.output) if ".tmp" in n]
 
 
+def test_ctrl_c_says_what_was_published_and_how_to_resume(local_images, monkeypatch, capsys):
+    from jobs.label import main
+
+    j, summary, _ = local_images
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch_run, "build_dataset", interrupted)
+    with pytest.raises(batch_run.JobInterrupted, match=f"{j.output} holds {summary.rows_total} labeled rows.*same"):
+        run(j)
+    argv = ["images", "--input", j.input, "--output", j.output, "--model", MODEL, "--method", "divprune",
+            "--budget", "8", "--max-new-tokens", "3"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "run the same command again" in err and "Traceback" not in err
+
+
 def test_rerun_with_a_different_job_on_the_same_output_is_refused(local_images, monkeypatch):
     j, _, _ = local_images
     monkeypatch.setattr(batch_run, "build_dataset", lambda *a, **k: pytest.fail("must fail before Ray"))
