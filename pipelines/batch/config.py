@@ -67,8 +67,9 @@ class LabelJob(BaseModel):
         (1, 1), description="(min, max) inference actors; Ray Data autoscales the pool between them."
     )
     limit: int | None = Field(
-        None, ge=1, description="Label at most N rows in the output (inputs x questions), in listing order; a rerun "
-        "with a larger limit labels more."
+        None, ge=1, description="Label at most N rows in the output (inputs x questions): the first the listing "
+        "yields (in order within a manifest, folder or glob; read tasks of several run in parallel). A rerun with a "
+        "larger limit labels more."
     )
     frames: int = Field(8, ge=1, description="videos: frames sampled per video (uniformly, or the cap with fps).")
     fps: float | None = Field(
