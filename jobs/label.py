@@ -2,7 +2,10 @@
 
 Also a `ray job submit` entrypoint::
 
-    ray job submit -- python -m jobs.label images --input s3://corpus/imgs --output s3://out/run1 --method divprune --budget 64
+    ray job submit --address http://HEAD:8265 --working-dir . -- \
+        python -m jobs.label images --input s3://corpus/imgs --output s3://out/run1 --method divprune --budget 64
+
+(docs/batch.md: the form that works on a laptop, and on a cluster.)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["images", "videos"], help="what the input holds")
     p.add_argument("--config", help="job file (YAML or JSON) with LabelJob fields; flags override it")
     p.add_argument("--input", help="folder, glob, s3://bucket/prefix, or manifest .parquet/.jsonl (uri, id?, question?)")
-    p.add_argument("--output", help="local directory or s3:// prefix for part-XXXXX.parquet")
+    p.add_argument("--output", help="local directory or s3:// prefix for the part-*.parquet files")
     p.add_argument("--task", choices=["caption", "vqa"])
     q = p.add_mutually_exclusive_group()
     q.add_argument("--prompt", help="caption prompt, or the one vqa question for every input")
@@ -30,11 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--gpus-per-worker", type=float)
     p.add_argument("--workers", help="MIN,MAX inference actors (autoscaled between them)")
-    p.add_argument("--limit", type=int, help="label only the first N inputs")
+    p.add_argument("--limit", type=int, help="label at most N rows in the output (listing order)")
     p.add_argument("--frames", type=int, help="videos: frames sampled per video")
     p.add_argument("--fps", type=float, help="videos: sample at this rate (at most --frames frames)")
     p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--shard-size", type=int, help="rows per output file")
+    p.add_argument("--shard-size", type=int, help="rows a write task gathers before writing a part file")
 
 
 _FIELDS = ("kind", "input", "output", "task", "prompt", "questions", "model", "method", "budget", "restore",
@@ -51,9 +54,13 @@ def job_from_args(args: argparse.Namespace):
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from pipelines.batch.run import run
+    from pipelines.batch.run import JobInterrupted, run
 
-    summary = run(job_from_args(args))
+    try:
+        summary = run(job_from_args(args))
+    except JobInterrupted as err:  # Ctrl-C: say what was published and how to resume, no traceback
+        print(f"restore label: {err}", file=sys.stderr)
+        return 130
     print(json.dumps(summary.model_dump(), indent=2))
     return 0  # error rows are data (status=error), not a failed job
 

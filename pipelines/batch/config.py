@@ -36,9 +36,13 @@ class LabelJob(BaseModel):
     input: str = Field(
         description="A local folder, a glob, an s3://bucket/prefix, or a manifest (.parquet or .jsonl) with a "
         "'uri' column and optional 'id' and 'question' columns. Folders and globs keep files by extension "
-        "(images: jpg jpeg png webp bmp gif; videos: mp4 webm mkv avi mov)."
+        "(`pipelines.batch.listing.extensions`: the image formats Pillow decodes; videos: mp4 webm mkv avi mov). "
+        "A path that exists is literal even with [, * or ? in its name; only a missing path with them is a glob."
     )
-    output: str = Field(description="A local directory or s3:// prefix receiving part-XXXXX.parquet and _SUMMARY.json.")
+    output: str = Field(
+        description="A local directory or s3:// prefix receiving part-*.parquet files (a Parquet dataset) and, "
+        "under _restore/, the job marker, the summary and Ray Data's checkpoint."
+    )
     task: Literal["caption", "vqa"] = Field("caption", description="'caption' (one prompt for every input) or 'vqa'.")
     prompt: str | None = Field(
         None,
@@ -62,7 +66,11 @@ class LabelJob(BaseModel):
     workers: tuple[int, int] = Field(
         (1, 1), description="(min, max) inference actors; Ray Data autoscales the pool between them."
     )
-    limit: int | None = Field(None, ge=1, description="Label only the first N inputs (sorted by uri).")
+    limit: int | None = Field(
+        None, ge=1, description="Label at most N rows in the output (inputs x questions): the first the listing "
+        "yields (in order within a manifest, folder or glob; read tasks of several run in parallel). A rerun with a "
+        "larger limit labels more."
+    )
     frames: int = Field(8, ge=1, description="videos: frames sampled per video (uniformly, or the cap with fps).")
     fps: float | None = Field(
         None, gt=0, description="videos: sample at this rate instead of uniformly (at most `frames` frames)."
@@ -77,7 +85,16 @@ class LabelJob(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Model weights dtype; 'auto' is bfloat16 on CUDA and float32 on CPU."
     )
-    shard_size: int = Field(256, ge=1, description="Rows per output file; the unit of commit and resume.")
+    shard_size: int = Field(
+        256, ge=1, description="Rows a write task gathers before writing a part file (files may hold more)."
+    )
+    checkpoint_path: str | None = Field(
+        None, description="Where Ray Data's checkpoint (ids already written) lives; default <output>/_restore/checkpoint."
+    )
+    max_task_retries: int = Field(
+        8, ge=1, le=64, description="Times a batch whose inference process died is retried (the crash journal runs "
+        "its rows one at a time after the first death, so a poison input ends as an error row within this bound)."
+    )
     endpoint_url: str | None = Field(
         default_factory=_endpoint_from_env,
         description="S3 endpoint for s3:// inputs and outputs (default: $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL).",
@@ -131,9 +148,9 @@ class LabelJob(BaseModel):
         return DEFAULT_CAPTION_PROMPTS[self.kind] if self.task == "caption" else None
 
     def output_fingerprint(self) -> dict[str, Any]:
-        """Fields that change what an output row says; a resumed run must match them."""
+        """Fields that change what an output row says; a resumed run must match them (the listing may grow)."""
         keys = ("kind", "task", "prompt", "questions", "model", "method", "budget", "restore", "frames", "fps",
-                "max_pixels", "max_new_tokens", "shard_size", "limit")
+                "max_pixels", "max_new_tokens")
         return {k: getattr(self, k) for k in keys}
 
     # ------------------------------------------------------------------ loading

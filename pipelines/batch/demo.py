@@ -93,7 +93,7 @@ def show(title: str, job, summary, rows: int, truth: dict[str, str]) -> None:
         print(f"{r['uri']:<46} {r['status']:<6} {tokens:>9} {r['prompt']:<22} {text!r}")
         print(f"{'':<46} {'truth':<6} {'':>9} {'':<22} {truth.get(r['uri'], '?')!r}")
     s = summary
-    print(f"summary: rows ok {s.rows_ok}, error {s.rows_error}, shards {s.shards_written} written; "
+    print(f"summary: rows ok {s.rows_ok}, error {s.rows_error}, {s.run_rows} labeled by this run, {s.parts_total} part files; "
           f"{s.items_per_s} items/s over {s.wall_s} s; visual tokens {s.mean_visual_tokens} -> kept "
           f"{s.mean_kept_tokens}; prefill speedup (est.) {s.prefill_speedup_est}")
 

@@ -1,42 +1,50 @@
 """The Ray Data graph of the labeling job (DESIGN §7: decode on CPU workers, overlapped with inference)::
 
-    from_items(listing rows {id, uri, question})
+    read_datasource(listing inputs)                 read tasks: list folders / read manifests, ids, vqa fan-out
+      [-> CheckpointFilter]                         Ray Data drops ids already committed (checkpoint_config)
+      [-> limit(n)]                                 rows still allowed by --limit
       -> map_batches(decode.decode_batch)           CPU tasks: read (local/S3) + decode + resize
       -> map_batches(LabelPredictor, ActorPoolStrategy(min, max), num_gpus=G)
                                                     actor pool, one restore.Engine per actor
+      -> write_datasink(commit.part_sink)           write tasks: part files, two-phase checkpoint commit
 
-The driver (`pipelines.batch.run`) consumes it and publishes shards (`pipelines.batch.commit`).
-
-Inference actors run with `max_restarts=-1, max_task_retries=-1` (Ray Data's
-default for actor pools in 2.60; passing them explicitly is deprecated): a dead
-actor is restarted and its batch retried, and the driver's per-id collection
-absorbs any duplicate.
+No row passes through the driver. Inference actors run with unbounded
+restarts but `job.max_task_retries` retries per batch (ACTOR_RETRIES): a batch
+that keeps killing its actor ends the job after that many tries, and the crash
+journal (`pipelines.batch.predictor`) isolates the poison input well before.
 """
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
-from pipelines.batch.checks import validate_before_start
 from pipelines.batch.config import LabelJob
 from pipelines.batch.decode import decode_batch
+from pipelines.batch.listing import Unit, make_datasource
 from pipelines.batch.predictor import LabelPredictor
 
 DECODE_CPUS = 0.5
-ACTOR_RETRIES = {"max_restarts": -1, "max_task_retries": -1}  # what the inference actor pool runs with
+# Listing and manifest reads wait on storage. They ask for no CPU: on a rerun Ray Data's checkpoint
+# filter actors (1 CPU each) and the inference actors could otherwise hold every CPU of a small node
+# while the read that feeds the filter waits for one (seen on 2 cores: the rerun never started).
+READ_CPUS = 0
 
 
-def build_dataset(job: LabelJob, rows: list[dict] | None = None):
-    """The Ray Data graph for `rows` (default: the whole listing, no resume). Lazy until consumed."""
+def actor_retries(job: LabelJob) -> dict[str, int]:
+    """What the inference actor pool runs with (Ray Data's default is -1 for both: retried forever)."""
+    return {"max_restarts": -1, "max_task_retries": job.max_task_retries}
+
+
+def build_dataset(job: LabelJob, units: list[Unit], questions: list[str] | None = None, limit: int | None = None,
+                  stats_dir: str | None = None) -> Any:
+    """The lazy Ray Data graph up to the predictor's output rows (OUTPUT_SCHEMA)."""
     import ray.data
 
-    if rows is None:
-        rows = validate_before_start(job)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
-    ordered = sorted(rows, key=lambda r: r["id"])  # shard order, so shards complete (and publish) early
-    items = [{"id": r["id"], "uri": r["uri"], "question": r.get("question")} for r in ordered]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(1000, math.ceil(len(items) / job.batch_size))))
+    ds = ray.data.read_datasource(make_datasource(units, job, questions, stats_dir), num_cpus=READ_CPUS)
+    if limit is not None:
+        ds = ds.limit(limit)
     # Decode tasks ask for DECODE_CPUS, not the actor's 1 CPU: reads wait on storage, so two
     # share a core; and with remote args unlike the actor's, Ray Data keeps decode a separate
     # operator instead of fusing it into the inference actor, where it would run serially
@@ -52,9 +60,7 @@ def build_dataset(job: LabelJob, rows: list[dict] | None = None):
         compute=ray.data.ActorPoolStrategy(min_size=job.workers[0], max_size=job.workers[1]),
         num_cpus=1,
         num_gpus=job.gpus_per_worker or 0,
-        # Actor fault tolerance: Ray Data 2.60 creates pool actors with max_restarts=-1 and
-        # max_task_retries=-1 unless told otherwise (ACTOR_RETRIES; a test pins that default).
-        # Passing them here again goes through **ray_remote_args, deprecated in 2.60 and
-        # removed in 2.64. A dead actor is restarted and its batch retried; the driver's
-        # per-id collection absorbs any duplicate.
+        # Ray 2.60 takes these only through **ray_remote_args (deprecated, removed in 2.64; the named
+        # parameters do not cover them yet): finite task retries end a batch that keeps killing actors.
+        **actor_retries(job),
     )

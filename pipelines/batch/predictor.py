@@ -3,13 +3,29 @@
 It receives rows already decoded by the CPU stage (`pipelines.batch.decode`), so
 no image or video decoder runs on the GPU actor (DESIGN §7); rows that arrive
 undecoded (a direct call) are decoded here. Every input row gives exactly one
-output row (`pipelines.rows`), errors included: a decode failure, or a generate
-failure isolated by retrying the batch one row at a time, becomes
-`status="error"` with the message in `error`.
+output row (`pipelines.rows`), errors included.
+
+Poison inputs, in the worker:
+
+- A batch whose `generate` raises is split in halves, recursively, until the
+  failing rows stand alone; each becomes an error row naming its uri and the
+  cause, its batch-mates are labeled.
+- A batch that kills the process (a segfault, an OOM kill) cannot be caught.
+  The actor runs with bounded task retries (`max_task_retries`; Ray restarts
+  the actor and resends the batch) and keeps a *crash journal* in shared
+  storage, `<output>/_restore/journal/<actor id>.json` (the actor id survives
+  restarts): before a batch it records the batch's ids as in flight, after it
+  clears them. A restarted actor that finds ids in flight when its
+  predecessor died runs them one at a time (recording each alone); an id that
+  was in flight alone when the process died `POISON_AFTER` times becomes an
+  error row without running again.
+- `RESTORE_TEST_CRASH_ON_ID` (test-only): an id on which the actor calls
+  `os._exit(1)` just before generating, to exercise the journal.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -23,6 +39,9 @@ from pipelines.rows import OUTPUT_SCHEMA, output_row
 from restore.config import ModelConfig
 
 logger = logging.getLogger(__name__)
+
+POISON_AFTER = 2  # deaths with the id alone in flight before it is an error row
+CRASH_ENV = "RESTORE_TEST_CRASH_ON_ID"  # test-only: os._exit(1) just before generating this id
 
 
 def _rows_of(batch: Any) -> list[dict]:
@@ -56,6 +75,7 @@ class LabelPredictor:
         self.reduction = self.job.reduction()
         self.engine = Engine.from_pretrained(model.path, reduction=self.reduction, device=device, dtype=model.dtype)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.journal = CrashJournal.for_actor(self.job)
         logger.info("LabelPredictor on %s: model %s, %s", device, self.job.model, self.reduction)
 
     def _request(self, row: dict):
@@ -75,25 +95,49 @@ class LabelPredictor:
             # A manifest's question is asked only in vqa; captions use the job's prompt.
             question = row.get("question") if self.job.task == "vqa" else None
             row["prompt"] = question or self.job.default_prompt()
-        ok = [r for r in rows if r.get("error") is None]
-        answers = self._generate(ok)
+            if row["prompt"] is None and row.get("error") is None:
+                row["error"] = f"{row['uri']}: task vqa needs a question and this row has none"
+        answers: dict[str, Any] = {}
+        ok = []
+        for r in rows:
+            if r.get("error") is not None:
+                continue
+            deaths = self.journal.deaths(r["id"])
+            if deaths >= POISON_AFTER:
+                answers[r["id"]] = (f"{r['uri']}: the inference process died {deaths} times running this input alone "
+                                    "(a crash, or killed for memory); not retried")
+            else:
+                ok.append(r)
+        if ok and self.journal.suspects(r["id"] for r in ok):
+            for r in ok:  # a predecessor died with some of these in flight: find the culprit one by one
+                answers.update(self._run([r]))
+        elif ok:
+            answers.update(self._run(ok))
         return pa.Table.from_pylist([self._output(r, answers.get(r["id"])) for r in rows], schema=OUTPUT_SCHEMA)
 
+    def _run(self, rows: list[dict]) -> dict[str, Any]:
+        """`_generate` with the rows recorded as in flight in the crash journal."""
+        self.journal.begin([r["id"] for r in rows])
+        crash = os.environ.get(CRASH_ENV)
+        if crash and any(r["id"] == crash for r in rows):
+            os._exit(1)  # test-only hook (module docstring)
+        out = self._generate(rows)
+        self.journal.end()
+        return out
+
     def _generate(self, rows: list[dict]) -> dict[str, Any]:
-        """id -> Result or error message; one batch, or one row at a time if the batch fails."""
+        """id -> Result or error message; a failing batch is split in halves until the failures stand alone."""
         if not rows:
             return {}
         try:
             results = self.engine.generate([self._request(r) for r in rows], max_new_tokens=self.job.max_new_tokens)
             return {r["id"]: res for r, res in zip(rows, results, strict=True)}
-        except Exception as err:  # one bad row must not fail its neighbours: find it by running rows alone
+        except Exception as err:  # one bad row must not fail its neighbours
             if len(rows) == 1:
                 return {rows[0]["id"]: f"{rows[0]['uri']}: generation failed: {type(err).__name__}: {err}"}
-            logger.warning("batch of %d failed (%s); retrying one row at a time", len(rows), err)
-            out: dict[str, Any] = {}
-            for r in rows:
-                out.update(self._generate([r]))
-            return out
+            logger.warning("batch of %d failed (%s); splitting it", len(rows), err)
+            half = len(rows) // 2
+            return {**self._generate(rows[:half]), **self._generate(rows[half:])}
 
     def _output(self, row: dict, result: Any) -> dict:
         if row.get("error"):
@@ -102,3 +146,63 @@ class LabelPredictor:
             result = f"{row['uri']}: no result"
         return output_row(row["id"], row["uri"], self.job.task, row["prompt"], self.job.model, self.reduction,
                           result, self.worker)
+
+
+class CrashJournal:
+    """Per-actor record, in shared storage, of the ids in flight and of deaths with one id alone in flight.
+
+    File `<output>/_restore/journal/<actor id>.json`: {"inflight": [ids], "deaths": {id: n}, "suspects": [ids]}.
+    Outside a Ray actor (a direct call) it only keeps memory.
+    """
+
+    def __init__(self, fs: Any = None, path: str | None = None) -> None:
+        self.fs, self.path = fs, path
+        self.state: dict[str, Any] = {"inflight": [], "deaths": {}, "suspects": []}
+        if fs is not None and fs.exists(path):
+            try:
+                self.state.update(json.loads(fs.cat_file(path)))
+            except (ValueError, OSError) as err:
+                logger.warning("crash journal %s unreadable (%s); starting afresh", path, err)
+        died = self.state["inflight"]
+        if died:  # the predecessor of this actor died with these in flight
+            logger.warning("inference process died with %d row(s) in flight: %s", len(died), died[:8])
+            if len(died) == 1:
+                self.state["deaths"][died[0]] = self.state["deaths"].get(died[0], 0) + 1
+            self.state["suspects"] = sorted(set(self.state["suspects"]) | set(died))
+            self.state["inflight"] = []
+            self._save()
+
+    @classmethod
+    def for_actor(cls, job: LabelJob) -> CrashJournal:
+        try:
+            import ray
+
+            actor_id = ray.get_runtime_context().get_actor_id() if ray.is_initialized() else None
+        except Exception:  # not in Ray
+            actor_id = None
+        if not actor_id:
+            return cls()
+        from pipelines.batch.commit import JOURNAL_DIR
+        from pipelines.media.storage import filesystem
+
+        fs, root = filesystem(f"{job.output.rstrip('/')}/{JOURNAL_DIR}", job.endpoint_url, job.storage_options)
+        fs.makedirs(root, exist_ok=True)
+        return cls(fs, f"{root}/{actor_id}.json")
+
+    def deaths(self, row_id: str) -> int:
+        return int(self.state["deaths"].get(row_id, 0))
+
+    def suspects(self, ids: Any) -> bool:
+        return bool(set(self.state["suspects"]) & set(ids))
+
+    def begin(self, ids: list[str]) -> None:
+        self.state["inflight"] = list(ids)
+        self._save()
+
+    def end(self) -> None:
+        self.state["inflight"] = []
+        self._save()
+
+    def _save(self) -> None:
+        if self.fs is not None:
+            self.fs.pipe_file(self.path, json.dumps(self.state).encode())

@@ -1,70 +1,72 @@
 """`run(job)`: label every input of a `LabelJob` not yet in its output, exactly once, resumably.
 
-Check the job (`checks`), cut the listing into shards and check the output's job
-marker (`commit`), run the Ray Data graph over the shards not yet published
-(`graph`), publish each shard as soon as all its rows are back, and write the
-summary. `python -m jobs.label` and `restore label` call it.
+Check the job on the driver (`checks`: nothing listed whole), check the output's
+job marker (`commit`), set Ray Data's checkpoint config, and run the graph
+(`graph`) into the part-file sink: listing, decode, inference and writes all
+run in Ray tasks and actors; the driver only waits. Then write the summary.
+`python -m jobs.label` and `restore label` call it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 
+from pipelines.batch import commit
 from pipelines.batch.checks import validate_before_start
-from pipelines.batch.commit import (
-    SUMMARY_FILE,
-    JobSummary,
-    ShardCollector,
-    check_marker,
-    published_shards,
-    shard_rows,
-    summarize,
-    write_shard,
-)
+from pipelines.batch.commit import JobSummary
 from pipelines.batch.config import LabelJob
 from pipelines.batch.graph import build_dataset
+from pipelines.batch.listing import skipped_by_extension
 from pipelines.media.storage import OutputStore
 
 logger = logging.getLogger(__name__)
 
 
-def run(job: LabelJob) -> JobSummary:
-    """Label every input not yet in the output; publish shards as they complete; write _SUMMARY.json."""
-    rows = validate_before_start(job)  # raises JobConfigError before any Ray work
-    shards = shard_rows(rows, job.shard_size)
-    store = OutputStore(job.output, job.endpoint_url, job.storage_options)
-    check_marker(store, job, rows, len(shards))
-    done = published_shards(store) & set(range(len(shards)))
-    pending = {k: shard for k, shard in enumerate(shards) if k not in done}
-    logger.info("%d rows in %d shards; %d already published, %d to do", len(rows), len(shards), len(done), len(pending))
+class JobInterrupted(RuntimeError):
+    """Ctrl-C (or SIGINT) during a run: what was published and how to resume."""
 
-    written, run_rows, wall_s = 0, 0, 0.0
-    if pending:
-        collector = ShardCollector({k: [r["id"] for r in shard] for k, shard in pending.items()})
-        todo = [r for shard in pending.values() for r in shard]
+
+def run(job: LabelJob) -> JobSummary:
+    """Label every input not yet in the output (part files written by Ray Data write tasks); write the summary."""
+    prepared = validate_before_start(job)  # raises JobConfigError before any Ray work
+    job = prepared.job
+    store = OutputStore(job.output, job.endpoint_url, job.storage_options)
+    commit.check_marker(store, job)
+    commit.seed_legacy_checkpoint(store, job)
+    commit.remove_hidden_temporaries(store)
+    rows_before = commit.committed_rows(job)
+    limit = None if job.limit is None else max(0, job.limit - rows_before)
+    run_id = uuid.uuid4().hex[:12]
+    stats_dir = f"{job.output.rstrip('/')}/{commit.RUNS_DIR}/{run_id}"
+
+    wall_s, written = 0.0, 0
+    if limit != 0:
         import ray
+        import ray.data
 
         if not ray.is_initialized():
             ray.init()  # joins $RAY_ADDRESS under `ray job submit`, else starts a local instance
-        t0 = time.perf_counter()  # after startup: wall_s covers actor start-up, decode and inference
-        for batch in build_dataset(job, todo).iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in batch.to_pylist():
-                k = collector.add(row)
-                if k is not None:
-                    shard_rows_k = collector.take(k)
-                    uri = write_shard(store, k, shard_rows_k)
-                    written += 1
-                    run_rows += len(shard_rows_k)
-                    logger.info("published %s (%d rows)", uri, len(shard_rows_k))
+        ctx = ray.data.DataContext.get_current()
+        previous = ctx.checkpoint_config
+        ctx.checkpoint_config = commit.checkpoint_config(job)
+        t0 = time.perf_counter()  # after startup: wall_s covers listing, actor start-up, decode, inference, writes
+        try:
+            ds = build_dataset(job, prepared.units, prepared.questions, limit, stats_dir)
+            ds.write_datasink(commit.part_sink(job))
+        except KeyboardInterrupt:
+            done = commit.committed_rows(job)
+            raise JobInterrupted(
+                f"interrupted: {store.uri} holds {done} labeled rows in whole part files ({done - rows_before} from "
+                "this run); run the same command again to label the rest (committed rows are not redone)"
+            ) from None
+        finally:
+            ctx.checkpoint_config = previous
         wall_s = time.perf_counter() - t0
-        missing = collector.incomplete()
-        if missing:
-            raise RuntimeError(
-                f"shards {sorted(missing)} of {store.uri} are incomplete ({sum(missing.values())} rows never came "
-                "back); they were not published — rerun the same job to finish them"
-            )
-    summary = summarize(store, job, len(shards), written, len(done), run_rows, wall_s)
-    store.write_atomic(SUMMARY_FILE, summary.model_dump_json(indent=2).encode())
+        written = commit.committed_rows(job) - rows_before
+    skipped = skipped_by_extension(stats_dir, job.endpoint_url, job.storage_options)
+    summary = commit.summarize(store, job, rows_before, written, skipped, wall_s)
+    store.write_atomic(commit.SUMMARY_FILE, summary.model_dump_json(indent=2).encode())
     logger.info("summary: %s", summary.model_dump_json())
     return summary

@@ -10,7 +10,7 @@ settings, caption task, `batch_size` rows per `generate` call:
   includes building the Engine (the model stack is imported before the clock starts).
 - pipeline: `pipelines.batch.run.run` on a local Ray (`--cpus`, decode tasks + `--workers`
   inference actors), fresh output each time; its time is the summary's `wall_s` (after
-  `ray.init`: actor start-up, decode, inference and publishing the shards).
+  `ray.init`: actor start-up, decode, inference and the workers' part-file writes).
 
 Each side also reports its steady state, measured alike: rows finished after the first batch
 over the time since the first batch finished (for the pipeline from the rows' `finished_at`),

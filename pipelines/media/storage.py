@@ -78,10 +78,11 @@ class OutputStore:
         """Publish `data` as `name` in one step: readers see the old state or the whole new file."""
         target = self.path(name)
         if self.local:
-            os.makedirs(self.root, exist_ok=True)
+            folder, base = os.path.split(target)  # `name` may hold a sub-folder (e.g. _restore/job.json)
+            os.makedirs(folder, exist_ok=True)
             # The temporary name starts with '.' so `part-*.parquet` globs never match it,
             # and it lives in the same directory so os.replace is a rename, not a copy.
-            tmp = self.path(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+            tmp = os.path.join(folder, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
             try:
                 with open(tmp, "wb") as fh:
                     fh.write(data)

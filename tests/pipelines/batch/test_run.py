@@ -141,11 +141,12 @@ def test_images_local_caption_schema_and_error_rows(local_images, corpus):
         assert r["task"] == "caption" and r["prompt"] == "describe the image ." and r["method"] == "divprune"
         assert r["budget"] == 8.0 and r["restore"] is True and r["model"] == MODEL
         assert r["prefill_ms"] > 0 and 1 <= r["generated_tokens"] <= 3 and r["worker"] and r["finished_at"]
-    assert sorted(os.listdir(j.output)) == ["_JOB.json", "_SUMMARY.json", "part-00000.parquet",
-                                            "part-00001.parquet", "part-00002.parquet"]
-    on_disk = json.loads((corpus.parent / j.output / "_SUMMARY.json").read_text())
+    assert sorted(n for n in os.listdir(j.output) if not n.startswith("part-")) == ["_restore"]
+    assert len([n for n in os.listdir(j.output) if n.endswith(".parquet")]) == summary.parts_total >= 1
+    on_disk = json.loads((corpus.parent / j.output / "_restore" / "summary.json").read_text())
     assert on_disk == json.loads(summary.model_dump_json())
-    assert (summary.rows_ok, summary.rows_error, summary.shards_written, summary.shards_skipped) == (5, 3, 3, 0)
+    assert (summary.rows_ok, summary.rows_error, summary.rows_before, summary.run_rows) == (5, 3, 0, 8)
+    assert summary.skipped_by_extension == 1  # readme.txt
     assert summary.mean_kept_tokens == 8 and summary.mean_visual_tokens == 36
     assert summary.prefill_speedup_est > 1 and summary.items_per_s > 0
 
@@ -157,31 +158,56 @@ def test_decode_runs_in_its_own_cpu_stage(local_images):
     assert "decode_batch)->MapBatches(LabelPredictor)" not in stats, stats
 
 
-def test_rerun_adds_nothing_and_finishes_only_missing_shards(local_images, monkeypatch):
+def test_output_reads_as_a_parquet_dataset_with_pandas_and_pyarrow(local_images):
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+    j, summary, _ = local_images
+    # _restore/ (marker, summary, checkpoint) starts with "_": dataset readers skip it.
+    assert pads.dataset(j.output).count_rows() == summary.rows_total
+    assert len(pd.read_parquet(j.output)) == summary.rows_total
+    assert pq.read_table(j.output).schema.equals(OUTPUT_SCHEMA)
+
+
+def test_rerun_labels_nothing_then_only_new_files(local_images, corpus, tmp_path):
     j, _, _ = local_images
     before = read_output(j.output)
-
-    def no_ray(*a, **k):
-        raise AssertionError("nothing was left to do; the graph must not be built")
-
-    with monkeypatch.context() as mp:
-        mp.setattr(batch_run, "build_dataset", no_ray)
-        again = run(j)
-    assert (again.shards_written, again.shards_skipped, again.run_rows, again.rows_total) == (0, 3, 0, 8)
-
-    # An interrupted run: shard 1 was never published.
-    lost = pq.read_table(os.path.join(j.output, "part-00001.parquet"))["id"].to_pylist()
-    os.remove(os.path.join(j.output, "part-00001.parquet"))
-    kept = {p: os.stat(os.path.join(j.output, p)).st_mtime_ns for p in ("part-00000.parquet", "part-00002.parquet")}
-    resumed = run(j)
-    assert (resumed.shards_written, resumed.shards_skipped, resumed.run_rows) == (1, 2, len(lost))
-    assert {p: os.stat(os.path.join(j.output, p)).st_mtime_ns for p in kept} == kept
+    parts = sorted(n for n in os.listdir(j.output) if n.startswith("part-"))
+    again = run(j)
+    assert (again.run_rows, again.rows_before, again.rows_total) == (0, 8, 8)
+    assert sorted(n for n in os.listdir(j.output) if n.startswith("part-")) == parts
+    # Incremental labeling: a new file in the input is the only row the next run labels.
+    new = corpus / "images" / "late.png"
+    scene_image(42, 48).save(new)
+    try:
+        grown = run(j)
+    finally:
+        new.unlink()
+    assert (grown.run_rows, grown.rows_before, grown.rows_total) == (1, 8, 9)
     after = read_output(j.output)
     ids = after["id"].to_pylist()
-    assert len(ids) == len(set(ids)) == before.num_rows
-    assert sorted(ids) == sorted(before["id"].to_pylist())
-    assert pq.read_table(os.path.join(j.output, "part-00001.parquet"))["id"].to_pylist() == lost
-    assert not [n for n in os.listdir(j.output) if ".tmp-" in n]
+    assert len(ids) == len(set(ids)) == before.num_rows + 1
+    assert {r["uri"] for r in after.to_pylist()} - {r["uri"] for r in before.to_pylist()} == {str(new)}
+    assert not [n for n in os.listdir(j.output) if ".tmp" in n]
+
+
+def test_ctrl_c_says_what_was_published_and_how_to_resume(local_images, monkeypatch, capsys):
+    from jobs.label import main
+
+    j, _, _ = local_images
+    held = read_output(j.output).num_rows
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch_run, "build_dataset", interrupted)
+    with pytest.raises(batch_run.JobInterrupted, match=f"{j.output} holds {held} labeled rows.*same"):
+        run(j)
+    argv = ["images", "--input", j.input, "--output", j.output, "--model", MODEL, "--method", "divprune",
+            "--budget", "8", "--max-new-tokens", "3"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "run the same command again" in err and "Traceback" not in err
 
 
 def test_rerun_with_a_different_job_on_the_same_output_is_refused(local_images, monkeypatch):
@@ -209,10 +235,11 @@ def test_videos_s3_vqa_with_questions_file(ray_local):
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 6 and all(r["uri"].startswith("s3://corpus/videos/clip") for r in ok)
     assert all((r["visual_tokens"], r["kept_tokens"]) == (4 * 36, 4 * 4) for r in ok)  # budget is per frame
-    assert (summary.rows_ok, summary.rows_error, summary.shards_written) == (6, 2, 2)
+    assert (summary.rows_ok, summary.rows_error, summary.run_rows) == (6, 2, 8)
     fs = fsspec.filesystem("s3")
     fs.invalidate_cache()
-    assert json.loads(fs.cat_file("out/videos-vqa/_SUMMARY.json"))["rows_total"] == 8
+    assert json.loads(fs.cat_file("out/videos-vqa/_restore/summary.json"))["rows_total"] == 8
+    assert fs.glob("out/videos-vqa/_restore/checkpoint/*.parquet")  # Ray Data's checkpoint, on S3 too
 
 
 def test_images_s3_manifest_with_ids_and_questions(ray_local, tmp_path):
