@@ -38,27 +38,14 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines.media.decode import SourceError
+from pipelines.media.formats import VIDEO_EXTENSIONS, image_extensions, is_explicit_glob
 from pipelines.media.storage import filesystem, full_uri, is_remote
 
 logger = logging.getLogger(__name__)
 
-try:  # the decoders' own list, once pipelines.media.formats exists (another change adds it)
-    from pipelines.media.formats import VIDEO_EXTENSIONS as _VIDEO_EXTENSIONS
-    from pipelines.media.formats import image_extensions as _image_extensions
-    from pipelines.media.formats import is_explicit_glob
-except ImportError:  # pragma: no cover - until that module is merged
-    _VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
-
-    def _image_extensions() -> tuple[str, ...]:
-        return (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif")
-
-    def is_explicit_glob(path: str, exists: Callable[[str], bool]) -> bool:
-        return bool(set("*?[") & set(path)) and not exists(path)
-
-
 def extensions(kind: str) -> tuple[str, ...]:
     """The one place that says which file names a folder or glob listing keeps."""
-    return tuple(_image_extensions()) if kind == "images" else tuple(_VIDEO_EXTENSIONS)
+    return tuple(image_extensions()) if kind == "images" else tuple(VIDEO_EXTENSIONS)
 
 
 MANIFEST_EXTENSIONS = (".parquet", ".jsonl")
