@@ -169,6 +169,17 @@ def plot(report: dict, path: Path) -> None:
                   f"full ({report['tokens_per_image']})", "average accuracy", title)
 
 
+def add_restore_knobs(p: argparse.ArgumentParser) -> None:
+    """The flags of RESTORE's knobs, shared by both accuracy suites."""
+    g = p.add_argument_group("RESTORE knobs (the paper's ablations)")
+    g.add_argument("--gamma", default="0.5", help="share of the budget the base method keeps; a comma list sweeps")
+    g.add_argument("--c", type=float, default=2.0)
+    g.add_argument("--positions", default="median", choices=["original", "median", "compact"])
+    g.add_argument("--calibration", default="size+distance", choices=["off", "size", "size+distance"])
+    g.add_argument("--anchors", default="distinctive", choices=["distinctive", "uniform"])
+    g.add_argument("--uniform-first-layer", action=argparse.BooleanOptionalAction, default=True)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="restore bench accuracy", description=__doc__.splitlines()[0])
     p.add_argument("--suite", default="synthetic", choices=SUITES,
@@ -181,13 +192,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=50, help="questions per type (and captions)")
     p.add_argument("--types", default=None, help="question types to ask (default: all, and captions)")
     p.add_argument("--out", default="out/accuracy")
-    g = p.add_argument_group("RESTORE knobs (the paper's ablations)")
-    g.add_argument("--gamma", default="0.5", help="share of the budget the base method keeps; a comma list sweeps")
-    g.add_argument("--c", type=float, default=2.0)
-    g.add_argument("--positions", default="median", choices=["original", "median", "compact"])
-    g.add_argument("--calibration", default="size+distance", choices=["off", "size", "size+distance"])
-    g.add_argument("--anchors", default="distinctive", choices=["distinctive", "uniform"])
-    g.add_argument("--uniform-first-layer", action=argparse.BooleanOptionalAction, default=True)
+    add_restore_knobs(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])

@@ -296,6 +296,8 @@ def plot(report: dict, path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from restore.bench.accuracy import add_restore_knobs
+
     p = argparse.ArgumentParser(prog="restore bench accuracy --suite real", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="checkpoint: a local dir, s3://prefix, a cached hub id, or random:ARCH")
     p.add_argument("--data", required=True, help="folder or s3://prefix holding <task>/**/*.parquet")
@@ -307,13 +309,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="tokens kept per image: counts, or fractions of N (LLaVA-1.5: 192,128,64 of 576)")
     p.add_argument("--restore", default="both", choices=["both", "on", "off"])
     p.add_argument("--out", default="out/accuracy-real")
-    g = p.add_argument_group("RESTORE knobs (the paper's ablations)")
-    g.add_argument("--gamma", default="0.5", help="share of the budget the base method keeps; a comma list sweeps")
-    g.add_argument("--c", type=float, default=2.0)
-    g.add_argument("--positions", default="median", choices=["original", "median", "compact"])
-    g.add_argument("--calibration", default="size+distance", choices=["off", "size", "size+distance"])
-    g.add_argument("--anchors", default="distinctive", choices=["distinctive", "uniform"])
-    g.add_argument("--uniform-first-layer", action=argparse.BooleanOptionalAction, default=True)
+    add_restore_knobs(p)
     p.add_argument("--textvqa-ocr", action=argparse.BooleanOptionalAction, default=True,
                    help="add TextVQA's OCR tokens to the prompt, as LLaVA-1.5's reported number does")
     p.add_argument("--pad-square", action=argparse.BooleanOptionalAction, default=True,

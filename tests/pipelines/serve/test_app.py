@@ -4,20 +4,17 @@ client on loopback, streaming, caption/VQA rows, auth, validation and SSRF refus
 from __future__ import annotations
 
 import base64
-import socket
-import threading
-import time
 import urllib.request
 
 import openai
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from pipelines.serve.app import create_app
 from restore import Request
 from tests.helpers.images import png_b64
+from tests.helpers.servers import uvicorn_server
 
 
 def image_part(b64: str) -> dict:
@@ -36,20 +33,8 @@ def client(service):
 @pytest.fixture(scope="module")
 def server(service):
     """The app under uvicorn on a free loopback port, for real HTTP clients."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(service, api_key="sekret"), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started:
-        assert time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with uvicorn_server(create_app(service, api_key="sekret")) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.serve

@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from pipelines.serve.app import create_app
 from tests.helpers.images import png_b64
+from tests.helpers.servers import uvicorn_server
 
 HELLO = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
 
@@ -157,19 +156,8 @@ def test_request_timeout_is_a_504_and_frees_the_slot(client, service, settings):
 
 @pytest.fixture(scope="module")
 def server(service):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started:
-        assert time.time() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield port
-    srv.should_exit = True
-    thread.join(10)
+    with uvicorn_server(create_app(service)) as port:
+        yield port
 
 
 @pytest.mark.serve
