@@ -33,6 +33,11 @@ from restore.sequence import SampleSeq
 
 logger = logging.getLogger(__name__)
 
+
+class PromptTooLong(ValueError):
+    """A prompt over the model's context (with the tokens it may generate) or over a caller's token limit."""
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     """A torch dtype from a name ('auto': bfloat16 on CUDA, float32 elsewhere) or a dtype."""
     if isinstance(dtype, torch.dtype):
@@ -153,8 +158,9 @@ class Engine:
         counted: positions are never compacted under RESTORE) plus `max_new_tokens` exceeds the context."""
         return [self.prepare_one(r, i, max_new_tokens) for i, r in enumerate(requests)]
 
-    def prepare_one(self, request: Request, index: int, max_new_tokens: int = 0):
-        """`prepare` for one request, named `index` in errors."""
+    def prepare_one(self, request: Request, index: int, max_new_tokens: int = 0, max_prompt_tokens: int | None = None):
+        """`prepare` for one request, named `index` in errors; `max_prompt_tokens` is a caller's own bound on
+        the prompt (visual tokens included), below the model's context."""
         try:
             request.prompt.encode("utf-8")
         except UnicodeEncodeError as err:
@@ -169,9 +175,12 @@ class Engine:
                 raise ValueError(f"request {index}: no word of the prompt is in this model's vocabulary and there is "
                                  "no image or video; rephrase it")
             raise ValueError(f"request {index}: the prompt is empty and there is no image or video; give some text")
+        if max_prompt_tokens is not None and length > max_prompt_tokens:
+            raise PromptTooLong(f"request {index}: the prompt has {length} tokens (visual tokens included), more than "
+                                f"the limit of {max_prompt_tokens}")
         limit = self.context_length
         if limit is not None and length + max_new_tokens > limit:
-            raise ValueError(
+            raise PromptTooLong(
                 f"request {index}: {length} prompt tokens (visual tokens included) + {max_new_tokens} new tokens "
                 f"exceed this model's context of {limit} tokens; shorten the prompt or ask for fewer tokens"
             )
@@ -216,14 +225,11 @@ class Engine:
         """One left-padded LLM prefill of encoded requests (`seqs` full, `reduced` as the LLM takes them)."""
         t_reduce = time.perf_counter()
         first_here = [r is not s for r, s in zip(reduced, seqs, strict=True)]
+        for plan in plans:
+            self.check_plan(plan)
         embeds, layout = pad_batch(reduced, 0, first_here, self.device)
         stages = Stages(self.adapter, plans, reduced, layout)
         depth = len(self.adapter.text_model.layers)
-        if stages.layers and stages.layers[-1] >= depth:
-            raise ValueError(
-                f"reduction layer {stages.layers[-1]} is beyond this model's {depth} decoder layers; "
-                f"set ReductionConfig.layer (or the method's layers option) below {depth}"
-            )
         ctx = ForwardContext(self.rope, layout, stages) if any(p.reduces for p in plans) else None
         attention_mask = layout.valid.long()
         cache = DynamicCache(config=self.adapter.text_model.config)

@@ -39,9 +39,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipelines.media.fetch import MediaError, load_image, load_video
 from pipelines.rows import output_row
 from pipelines.serve import api
-from pipelines.serve.batcher import Overloaded, PromptTooLong, RequestTimeout, Service
+from pipelines.serve.batcher import Overloaded, RequestTimeout, Service
 from pipelines.serve.metrics import Metrics
 from restore.config import GenerationConfig
+from restore.engine import PromptTooLong
 from restore.prompts import DEFAULT_CAPTION_PROMPTS
 
 logger = logging.getLogger(__name__)
@@ -115,9 +116,7 @@ def _param_of(message: str) -> str | None:
 def _engine_error(err: ValueError) -> ApiError:
     """The engine's refusal of a request (it names 'request N') as a 400 naming the API field."""
     text = re.sub(r"^request \d+: ", "", str(err))
-    if isinstance(err, PromptTooLong):
-        return ApiError(400, f"messages: {text}", "messages", "context_length_exceeded")
-    if "context" in text and "exceed" in text:
+    if isinstance(err, PromptTooLong):  # over the model's context or this server's max_prompt_tokens
         return ApiError(400, f"messages: {text}", "messages", "context_length_exceeded")
     if "max_batch_tokens" in text:
         return ApiError(400, f"max_tokens: {text}", "max_tokens", "context_length_exceeded")

@@ -67,29 +67,6 @@ class RequestTimeout(Exception):
     """The request ran past `request_timeout_s`; it was cancelled and its slot freed."""
 
 
-class PromptTooLong(ValueError):
-    """A prompt over `ServeSettings.max_prompt_tokens` (visual tokens included), refused before any forward."""
-
-
-class _Limited:
-    """The engine as the scheduler sees it: `prepare_one` (run once per request, at submit, before any forward)
-    also refuses prompts over `max_prompt_tokens`; everything else is the engine's."""
-
-    def __init__(self, engine, settings: ServeSettings) -> None:
-        self._engine, self._settings = engine, settings
-
-    def __getattr__(self, name: str):
-        return getattr(self._engine, name)
-
-    def prepare_one(self, request, index: int, max_new_tokens: int = 0):
-        prepared = self._engine.prepare_one(request, index, max_new_tokens)
-        length, limit = int(prepared.input_ids.numel()), self._settings.max_prompt_tokens
-        if length > limit:
-            raise PromptTooLong(f"the prompt has {length} tokens (visual tokens included), more than this server's "
-                                f"limit of {limit}")
-        return prepared
-
-
 @dataclass
 class _Served:
     start: float
@@ -175,8 +152,8 @@ class Service:
         """Start the replica's scheduler thread (continuous batching; nothing to do for static)."""
         if self.settings.batching == "continuous" and self.scheduler is None and self.engine is not None:
             s = self.settings
-            self.scheduler = Scheduler(_Limited(self.engine, s), max_batch_tokens=s.max_batch_tokens,
-                                       max_running=s.max_running, prefill_group=s.prefill_group)
+            self.scheduler = Scheduler(self.engine, max_batch_tokens=s.max_batch_tokens, max_running=s.max_running,
+                                       prefill_group=s.prefill_group)
             self.scheduler.start()
 
     def close(self) -> None:
@@ -256,7 +233,8 @@ class Service:
             def cb(_token: int, text: str) -> None:
                 if text:
                     loop.call_soon_threadsafe(on_delta, text)
-        job.handle = await loop.run_in_executor(None, lambda: self.scheduler.submit(request, generation, cb))
+        job.handle = await loop.run_in_executor(None, lambda: self.scheduler.submit(
+            request, generation, cb, max_prompt_tokens=self.settings.max_prompt_tokens))
         return job
 
     async def wait(self, job: Job, timeout: float | None = None):
@@ -325,11 +303,12 @@ class Service:
             return lambda _token, text: text and loop.call_soon_threadsafe(job.on_delta, text)
 
         def call():
-            scheduler = Scheduler(_Limited(self.engine, self.settings), prefill_group=len(works))
+            scheduler = Scheduler(self.engine, prefill_group=len(works))
             handles = []
             for w in works:
                 try:
-                    handles.append(scheduler.submit(w.job.request, w.job.generation, stream(w.job)))
+                    handles.append(scheduler.submit(w.job.request, w.job.generation, stream(w.job),
+                                                    max_prompt_tokens=self.settings.max_prompt_tokens))
                 except Exception as err:  # a refused request fails alone
                     handles.append(err)
             scheduler.run_until_idle()

@@ -190,17 +190,19 @@ class Scheduler:
     # --- the caller's side
     def submit(self, request: Request, generation: GenerationConfig | None = None,
                on_token: TokenCallback | None = None, *, index: int | None = None,
-               keep_logits: bool = False) -> Handle:
+               keep_logits: bool = False, max_prompt_tokens: int | None = None) -> Handle:
         """Queue `request`; invalid input (an unreadable image, a placeholder mismatch, a layer the model does
         not have) raises here. `on_token(token_id, text_delta)` is called for each generated token but the
         end-of-sequence one, with the text it adds; `index` names the request in error messages (default: its
-        submission number); `keep_logits` keeps each step's logits on the handle (tests, debugging)."""
+        submission number); `keep_logits` keeps each step's logits on the handle (tests, debugging);
+        `max_prompt_tokens` bounds the prompt (visual tokens included) below the model's context."""
         generation = generation or GenerationConfig()
         with self._lock:
             number = self._next_id
             self._next_id += 1
         plan = self.engine.check_plan(self.engine.plan(request.reduction or self.engine.reduction))
-        prepared = self.engine.prepare_one(request, number if index is None else index, generation.max_new_tokens)
+        prepared = self.engine.prepare_one(request, number if index is None else index, generation.max_new_tokens,
+                                           max_prompt_tokens)
         work = _Work(number, request, generation, plan, prepared, on_token, keep_logits)
         work.handle = Handle(self, work)
         with self._lock:

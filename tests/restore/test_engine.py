@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from restore import Engine, ReductionConfig, Request, RestoreConfig
+from restore.engine import PromptTooLong
 from restore.plan import Plan, validate
 from restore.tokens import ImageTokens
 from tests.helpers.images import make_image
@@ -138,6 +139,8 @@ def test_empty_invalid_and_overlong_prompts_are_named_errors(engine):
         engine.generate([Request("<image>a\udc00b", [make_image(0)])], max_new_tokens=1)
     with pytest.raises(ValueError, match=f"request 0: .* exceed this model's context of {model_ctx} tokens"):
         engine.generate([Request(PROMPT, [make_image(0)])], max_new_tokens=model_ctx)
+    with pytest.raises(PromptTooLong, match="request 2: the prompt has .* more than the limit of 5"):
+        engine.prepare_one(Request(PROMPT, [make_image(0)]), 2, max_prompt_tokens=5)
 
 
 def test_fastv_in_llm_infinite_budget_equals_stock(engine):
