@@ -142,6 +142,8 @@ class GenerationConfig(_Strict):
     seed: int | None = Field(None, description="Seed for sampling: the request draws from its own generator "
                              "seeded with it, whatever it is batched with; None draws from torch's global generator.")
     stop: list[str] = Field(default_factory=list, description="Stop strings; the text is cut before them.")
+    ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence tokens up to max_new_tokens "
+                             "(as vLLM's ignore_eos: fixed output lengths for load tests and benchmarks).")
 
 
 class ModelConfig(_Strict):

@@ -4,7 +4,10 @@ Part 1, batching (`--batching static,continuous`): for each batching mode and
 each concurrency level, `--requests` chat completions (one generated image
 each) are sent by that many client threads: a mix of 90 % short requests (a
 question, `max_tokens` 8–16) and 10 % long ones (a caption, `max_tokens`
-128–256), the same sequence for every run. Reported: requests/s, p50/p95
+128–256), the same sequence for every run. Every request sets `ignore_eos`
+(as vLLM's serving benchmark does), so it generates exactly its `max_tokens`:
+the default model ends most answers after a few tokens, which would erase the
+mix (`--stop-at-eos` measures that instead). Reported: requests/s, p50/p95
 latency of the short requests, p95 of all, mean requests running at once.
 
 Part 2, concurrency bought by reduction (`--cache-tokens`): continuous batching
@@ -100,12 +103,13 @@ class _Sampler:
 
 
 def run_level(url: str, service, concurrency: int, plan: list[tuple[str, int, str]], images: list[str],
-              reduction: dict | None = None) -> dict:
+              reduction: dict | None = None, ignore_eos: bool = True) -> dict:
     def one(i: int):
         kind, max_tokens, prompt = plan[i]
         body = {"messages": [{"role": "user", "content": [
             {"type": "text", "text": prompt},
-            {"type": "image_url", "image_url": {"url": images[i % len(images)]}}]}], "max_tokens": max_tokens}
+            {"type": "image_url", "image_url": {"url": images[i % len(images)]}}]}], "max_tokens": max_tokens,
+            "ignore_eos": ignore_eos}
         if reduction is not None:
             body["restore"] = reduction
         code, lat, out = _post(url, body)
@@ -168,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache-tokens", type=int, default=2560,
                    help="part 2: the fixed max_batch_tokens (0 skips part 2)")
     p.add_argument("--cache-max-tokens", type=int, default=48, help="part 2: max_tokens of each caption")
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="part 1: let requests end at the model's end token instead of generating max_tokens")
     p.add_argument("--out", default="out/serve")
     args = p.parse_args(argv)
     reduction = {"method": args.method, "budget": args.budget}
@@ -184,11 +190,11 @@ def main(argv: list[str] | None = None) -> dict:
                for m in modes}
     try:
         for url, _, service in servers.values():
-            run_level(url, service, 4, plan[:8], images)  # warm-up
+            run_level(url, service, 4, plan[:8], images, ignore_eos=not args.stop_at_eos)  # warm-up
         for c in levels:  # the modes interleaved per level: the same background load for both
             for mode in modes:
                 url, _, service = servers[mode]
-                r = {"batching": mode, **run_level(url, service, c, plan, images)}
+                r = {"batching": mode, **run_level(url, service, c, plan, images, ignore_eos=not args.stop_at_eos)}
                 rows.append(r)
                 print(f"{mode:<10} c={c:<3} ok {r['ok']}/{r['requests']}  {r['requests_per_s']:.2f} req/s  "
                       f"short p50 {r['short_p50_ms']:.0f} p95 {r['short_p95_ms']:.0f} ms  running "
@@ -213,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             server.should_exit = True
             service.close()
-    report = {"model": args.model, "reduction": reduction, "requests": args.requests, "batching": rows,
+    report = {"model": args.model, "reduction": reduction, "requests": args.requests,
+              "ignore_eos": not args.stop_at_eos, "batching": rows,
               "cache": {"max_batch_tokens": args.cache_tokens, "concurrency": max(levels), "results": cache_rows}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

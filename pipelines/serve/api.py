@@ -104,6 +104,7 @@ class ChatRequest(_Strict):
     stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=-INT64, le=INT64 - 1, description="Sampling seed (a 64-bit integer).")
     n: int = Field(1, ge=1, le=1, description="Only one choice per request is supported.")
+    ignore_eos: bool = Field(False, description="vLLM's extension: generate max_tokens tokens, past end-of-sequence.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: Text | None = None

@@ -452,7 +452,7 @@ def _generation(service: Service, body) -> GenerationConfig:
     return GenerationConfig(
         max_new_tokens=wanted, do_sample=sample, temperature=temperature if sample else 1.0,
         top_p=(getattr(body, "top_p", None) or 1.0) if sample else 1.0, seed=getattr(body, "seed", None),
-        stop=list(getattr(body, "stop", None) or []),
+        stop=list(getattr(body, "stop", None) or []), ignore_eos=getattr(body, "ignore_eos", False),
     )
 
 

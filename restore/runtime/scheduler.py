@@ -401,7 +401,7 @@ class Scheduler:
                 self._rows[i].logits.append(kept[j])
         finished = []
         for i, (work, tok) in enumerate(zip(self._rows, ids, strict=True)):
-            if tok in self.eos:
+            if tok in self.eos and not work.generation.ignore_eos:
                 finished.append(i)
                 continue
             work.tokens.append(tok)

@@ -24,6 +24,8 @@ def test_load_test_script_reports_each_mode_and_the_cache_bound(tmp_path):
     assert [(r["batching"], r["concurrency"], r["ok"]) for r in report["batching"]] == [
         ("static", 2, 6), ("continuous", 2, 6)
     ]
+    shorts = [m for kind, m, _ in mix(6) if kind == "short"]
+    assert all(r["short_tokens"] == sum(shorts) / len(shorts) for r in report["batching"])  # ignore_eos: all of max_tokens
     full, reduced = report["cache"]["results"]
     assert (full["kept_tokens"], reduced["kept_tokens"]) == (36, 8) and full["ok"] == reduced["ok"] == 6
     assert (tmp_path / "serve.json").exists() and "| continuous | 2 |" in (tmp_path / "serve.md").read_text()

@@ -65,6 +65,21 @@ def test_openai_client_text_and_image(server, service):
             assert resp.status == 200
 
 
+def test_ignore_eos_reaches_the_generation_config(server, service):
+    from pipelines.serve import api
+    from pipelines.serve.app import _generation
+
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert _generation(service, api.ChatRequest(**body, ignore_eos=True)).ignore_eos
+    assert not _generation(service, api.ChatRequest(**body)).ignore_eos
+    oa = openai.OpenAI(base_url=f"{server}/v1", api_key="sekret", max_retries=0)
+    out = oa.chat.completions.create(
+        model="random:llava-tiny", max_tokens=4, extra_body={"ignore_eos": True},
+        messages=[{"role": "user", "content": [{"type": "text", "text": "what is in the image ?"}, image_part(png_b64())]}],
+    )
+    assert out.usage.completion_tokens == 4 and out.choices[0].finish_reason == "length"
+
+
 def test_per_request_restore_override(client):
     body = chat([{"type": "text", "text": "what ?"}, image_part(png_b64())],
                 restore={"method": "pool", "budget": 4, "restore": {"enabled": False}})

@@ -269,6 +269,19 @@ def test_per_request_sampling_stops_and_streaming_in_one_batch(engine):
     assert h_topk1.result().token_ids == alone(engine, Request(PROMPT, [make_image(63)]), gen(6))[0]
 
 
+def test_ignore_eos_generates_max_new_tokens_past_an_end_token(engine):
+    request = Request(PROMPT, [make_image(64)])
+    greedy, _ = alone(engine, request, gen(6))
+    assert len(greedy) == 6
+    scheduler = Scheduler(engine)
+    scheduler.eos = {greedy[2]}  # the greedy path meets this "end" token by step 3
+    stops = scheduler.submit(request, gen(6))
+    runs_on = scheduler.submit(request, gen(6, ignore_eos=True))
+    scheduler.run_until_idle()
+    assert stops.result().token_ids == greedy[: greedy.index(greedy[2])]
+    assert runs_on.result().token_ids == greedy
+
+
 def test_handle_result_drives_the_scheduler_and_loop_thread_serves(engine):
     scheduler = Scheduler(engine)
     handle = scheduler.submit(Request(PROMPT, [make_image(70)]), gen(3))
