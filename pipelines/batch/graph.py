@@ -5,7 +5,8 @@
       [-> limit(n)]                                 rows still allowed by --limit
       -> map_batches(decode.decode_batch)           CPU tasks: read (local/S3) + decode + resize
       -> map_batches(LabelPredictor, ActorPoolStrategy(min, max), num_gpus=G)
-                                                    actor pool, one restore.Engine per actor
+                                                    actor pool, one restore.Engine and one continuous-
+                                                    batching scheduler per actor, batches fed concurrently
       -> write_datasink(commit.part_sink)           write tasks: part files, two-phase checkpoint commit
 
 No row passes through the driver. Inference actors run with unbounded
@@ -21,13 +22,16 @@ from typing import Any
 from pipelines.batch.config import LabelJob
 from pipelines.batch.decode import decode_batch
 from pipelines.batch.listing import Unit, make_datasource
-from pipelines.batch.predictor import LabelPredictor
+from pipelines.batch.predictor import CALLS_PER_ACTOR, LabelPredictor
 
 DECODE_CPUS = 0.5
 # Listing and manifest reads wait on storage. They ask for no CPU: on a rerun Ray Data's checkpoint
 # filter actors (1 CPU each) and the inference actors could otherwise hold every CPU of a small node
 # while the read that feeds the filter waits for one (seen on 2 cores: the rerun never started).
 READ_CPUS = 0
+
+
+ACTOR_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def actor_retries(job: LabelJob) -> dict[str, int]:
@@ -57,10 +61,15 @@ def build_dataset(job: LabelJob, units: list[Unit], questions: list[str] | None 
         fn_constructor_kwargs={"job": job},
         batch_size=job.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=job.workers[0], max_size=job.workers[1]),
+        # Several batches at once in each actor, run concurrently: they feed one continuous-batching scheduler.
+        compute=ray.data.ActorPoolStrategy(min_size=job.workers[0], max_size=job.workers[1],
+                                           max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+                                           enable_true_multi_threading=True),
         num_cpus=1,
         num_gpus=job.gpus_per_worker or 0,
         # Ray 2.60 takes these only through **ray_remote_args (deprecated, removed in 2.64; the named
         # parameters do not cover them yet): finite task retries end a batch that keeps killing actors.
+        # The scheduler's thread and the calls' threads run torch ops: no spinning OpenMP threads (as in serve).
+        runtime_env={"env_vars": ACTOR_ENV},
         **actor_retries(job),
     )
