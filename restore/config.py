@@ -95,13 +95,19 @@ class ReductionConfig(_Strict):
     )
     restore: RestoreConfig = Field(default_factory=RestoreConfig, description="RESTORE's knobs.")
 
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget_not_bool(cls, v):
+        # pydantic would read true as 1 token: refuse it before that coercion
+        if isinstance(v, bool):
+            raise ValueError("budget must be an int >= 1, a ratio in (0, 1), or null, not a boolean")
+        return v
+
     @field_validator("budget")
     @classmethod
     def _budget_positive(cls, v: int | float | None) -> int | float | None:
         if v is None:
             return v
-        if isinstance(v, bool):
-            raise ValueError("budget must be an int >= 1, a ratio in (0, 1), or null")
         if isinstance(v, int):
             if v <= 0:
                 raise ValueError(f"budget must be >= 1 visual token, got {v}")

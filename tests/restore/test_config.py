@@ -12,7 +12,7 @@ def test_budgets_are_ints_or_ratios():
     assert ReductionConfig(method="random", budget=8).budget_for(36, frames=4) == 32  # per frame
     assert ReductionConfig(method="random", budget=4.0).budget == 4  # a whole float is a count
     assert ReductionConfig(budget=8).budget_for(36) == 36  # method none keeps all
-    for bad in (0, -1, 1.5):
+    for bad in (0, -1, 1.5, True, False):
         with pytest.raises(ValueError, match="budget"):
             ReductionConfig(method="random", budget=bad)
     with pytest.raises(ValueError, match="larger than the 36 visual tokens"):
