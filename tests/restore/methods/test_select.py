@@ -294,3 +294,13 @@ def test_prunesid_suppresses_a_near_duplicate_in_favour_of_a_distinct_token():
     tokens = ImageTokens(features=features)
     assert torch.equal(run_select("prunesid", tokens, 4, components=2), torch.tensor([0, 2, 3, 4]))
     assert torch.equal(run_select("prunesid", tokens, 4, components=2, nms_threshold=1.0), torch.tensor([0, 1, 2, 4]))
+
+
+@pytest.mark.parametrize("shape", [(40, 64), (300, 16)])  # the X X^T and the X^T X branch
+def test_prunesid_loadings_match_the_svd(shape):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    group, importance = principal_groups(x, 8)
+    u, s, _ = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+    ref_importance, ref_group = (u[:, :8] * s[:8]).abs().max(dim=1)
+    assert torch.equal(group, ref_group)
+    assert torch.allclose(importance, ref_importance, atol=1e-3)
