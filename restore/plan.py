@@ -113,6 +113,9 @@ class Plan:
     def apply(self, seq: SampleSeq, importances: list[torch.Tensor | None], layer: int = 0) -> SampleSeq:
         """Reduce every span of `seq` at `layer` (features = its current embeds); unchanged if nothing shrinks."""
         assignments: list[Assignment | None] = []
+        # The instruction: prompt text after the last visual span, in the LLM's input embedding space.
+        tail = seq.embeds[max(s.end for s in seq.spans) :] if seq.spans and not self.in_llm else None
+        text = tail.detach().float().cpu() if tail is not None and tail.shape[0] > 0 else None
         for span, importance in zip(seq.spans, importances, strict=True):
             n = self.stage_budget(span, layer)
             if n >= span.length:
@@ -123,6 +126,7 @@ class Plan:
                 importance=importance,
                 keys=span.keys if not self.in_llm else None,
                 grid=span.grid,
+                text=text,
             )
             a = self.assignment(tokens, n)
             if a.num_slots != n:

@@ -23,12 +23,15 @@ class ImageTokens:
     keys:       (N, dk) vision-tower keys or features for methods that measure
                 similarity there; None when not available.
     grid:       (T, H, W) when the tokens are a row-major T x H x W grid, else None.
+    text:       (M, d) input embeddings of the prompt's text after the last visual span (the
+                instruction), for pre-LLM methods conditioned on it; None in-LLM or when none follows.
     """
 
     features: torch.Tensor
     importance: torch.Tensor | None = None
     keys: torch.Tensor | None = None
     grid: tuple[int, int, int] | None = None
+    text: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -30,6 +30,7 @@ def available() -> list[Method]:
 
 # Importing the modules registers them.
 from restore.methods import (  # noqa: E402,F401
+    cdpruner,
     dart,
     divprune,
     fastv,
@@ -37,6 +38,7 @@ from restore.methods import (  # noqa: E402,F401
     none,
     pool,
     prumerge,
+    prunesid,
     pyramiddrop,
     random,
     sparsevlm,

@@ -121,6 +121,7 @@ def run_tokens(tokens: ImageTokens, runs: Assignment) -> ImageTokens:
         importance=None if tokens.importance is None else runs.sizes(tokens.importance.detach().float().cpu()),
         keys=None if tokens.keys is None else runs.merge(tokens.keys),
         grid=None,
+        text=tokens.text,
     )
 
 

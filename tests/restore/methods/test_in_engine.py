@@ -46,3 +46,23 @@ def test_restore_gamma_one_without_calibration_equals_plain_pruning(engine):
         )
         a, b = engine.score([Request(PROMPT, [image], reduction=plain), Request(PROMPT, [image], reduction=neutral)])
         assert torch.allclose(a, b, atol=1e-5), method
+
+
+def test_pre_llm_methods_see_the_instruction_after_the_image(engine, monkeypatch):
+    from restore.methods import get_method
+
+    cdpruner = get_method("cdpruner")
+    seen = []
+    original = type(cdpruner).select
+    monkeypatch.setattr(type(cdpruner), "select", lambda self, tokens, k, options: (
+        seen.append(tokens.text), original(self, tokens, k, options))[1])
+    red = tiny_reduction("cdpruner", 5, False)
+    engine.generate([Request(PROMPT, [make_image(25)], reduction=red)], max_new_tokens=1)
+    ids = engine.adapter.prepare(Request(PROMPT, [make_image(25)]), 0).input_ids
+    tail = ids[int(torch.nonzero(ids == engine.adapter.model.config.image_token_id).max()) + 1:]
+    assert len(seen) == 1 and seen[0].shape[0] == tail.numel() > 0
+    assert torch.allclose(seen[0], engine.adapter.embed(tail).float())
+    # A different question conditions the selection differently.
+    other = engine.generate([Request("<image> where is the red one", [make_image(25)], reduction=red)], max_new_tokens=1)
+    assert len(seen) == 2 and (seen[1].shape != seen[0].shape or not torch.equal(seen[1], seen[0]))
+    assert other[0].stats.kept_tokens == 5

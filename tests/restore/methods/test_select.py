@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from restore.methods import get_method
+from restore.methods.cdpruner import dpp_greedy, instruction_relevance
 from restore.methods.holov import allocate, crop_ids
 from restore.methods.pool import _cells
+from restore.methods.prunesid import group_nms, principal_groups
 from restore.tokens import Assignment, ImageTokens
 from tests.helpers.tokens import check_indices, make_tokens, run_select
 
-SELECTORS = ["visionzip", "divprune", "vispruner", "holov", "fastv", "random", "pool"]
+SELECTORS = ["visionzip", "divprune", "vispruner", "holov", "fastv", "random", "pool", "cdpruner", "prunesid"]
 
 
 @pytest.mark.parametrize("name", SELECTORS)
@@ -210,7 +212,7 @@ def test_random_depends_on_seed_only():
     assert not torch.equal(a, run_select("random", tokens, 10, seed=2))
 
 
-@pytest.mark.parametrize("name", ["visionzip", "divprune", "vispruner", "holov", "fastv"])
+@pytest.mark.parametrize("name", ["visionzip", "divprune", "vispruner", "holov", "fastv", "cdpruner", "prunesid"])
 def test_low_precision_inputs(name):
     tokens = make_tokens((1, 6, 8))
     half = ImageTokens(features=tokens.features.bfloat16(), importance=tokens.importance.half(), grid=tokens.grid)
@@ -222,3 +224,83 @@ def test_options_are_validated():
         get_method("visionzip").validate_options({"contextual_ratio": 1.5})
     with pytest.raises(ValueError, match="invalid options"):
         get_method("holov").validate_options({"crop": 3})
+
+
+def test_cdpruner_greedy_map_on_a_built_kernel():
+    # L = [[1, .9, 0], [.9, 1, 0], [0, 0, .5]]: the first pick is token 0 (gain 1, tie with 1 -> lower index);
+    # then token 1 adds 1 - .81 = .19 and token 2 adds .5, so {0, 2}, where top-quality would keep {0, 1}.
+    x = torch.tensor([[1.0, 0.0], [0.9, 0.19**0.5], [0.0, 1.0]])
+    q = torch.tensor([1.0, 1.0, 0.5**0.5])
+    assert torch.equal(dpp_greedy(x, q, 1), torch.tensor([0]))
+    assert torch.equal(dpp_greedy(x, q, 2), torch.tensor([0, 2]))
+    assert torch.equal(dpp_greedy(x, q, 3), torch.tensor([0, 1, 2]))
+
+
+def test_cdpruner_keeps_what_the_instruction_asks_about():
+    # Orthonormal tokens (S = I, L = diag(r^2)): the DPP keeps the most relevant tokens.
+    features = torch.eye(6)
+    text = torch.stack([torch.eye(6)[4] + 0.5 * torch.eye(6)[1]])
+    rel = instruction_relevance(features, text)
+    assert torch.allclose(rel, torch.tensor([0.0, 0.5, 0.0, 0.0, 1.0, 0.0]))
+    asked = ImageTokens(features=features, text=text)
+    assert torch.equal(run_select("cdpruner", asked, 2), torch.tensor([1, 4]))
+    # Relevance-zero tokens add no volume; the third pick fills from the most relevant left (lowest index on ties).
+    assert torch.equal(run_select("cdpruner", asked, 3), torch.tensor([0, 1, 4]))
+    # Without an instruction every token is equally relevant: ties go to the lower index.
+    assert torch.equal(run_select("cdpruner", ImageTokens(features=features), 2), torch.tensor([0, 1]))
+
+
+def test_cdpruner_skips_duplicates_and_meets_the_budget_past_the_kernel_rank():
+    base = torch.nn.functional.normalize(torch.randn(3, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    features = base.repeat(4, 1)  # 12 tokens, rank 3: tokens i, i+3, i+6, i+9 are copies
+    idx = run_select("cdpruner", ImageTokens(features=features), 3)
+    assert torch.equal(idx, torch.tensor([0, 1, 2]))  # one of each, never a copy while a new direction is left
+    check_indices(run_select("cdpruner", ImageTokens(features=features), 7), 7, 12)
+
+
+def test_cdpruner_depends_on_the_instruction():
+    tokens = make_tokens((1, 6, 8))
+    gen = torch.Generator().manual_seed(3)
+    a = ImageTokens(features=tokens.features, text=torch.randn(4, 16, generator=gen))
+    b = ImageTokens(features=tokens.features, text=torch.randn(4, 16, generator=gen))
+    assert not torch.equal(run_select("cdpruner", a, 8), run_select("cdpruner", b, 8))
+
+
+def test_prunesid_principal_groups():
+    # Tokens +-3 e0 and +-1 e1: two components, each token on its own axis with |loading| = its length.
+    features = torch.tensor([[3.0, 0, 0], [-3.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0]])
+    group, importance = principal_groups(features, 2)
+    assert group.tolist() == [0, 0, 1, 1]
+    assert torch.allclose(importance, torch.tensor([3.0, 3.0, 1.0, 1.0]), atol=1e-5)
+    group, importance = principal_groups(features, 1)
+    assert group.tolist() == [0, 0, 0, 0]
+    assert torch.allclose(importance, torch.tensor([3.0, 3.0, 0.0, 0.0]), atol=1e-5)
+
+
+def test_prunesid_group_nms():
+    x = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]]), dim=-1)
+    importance = torch.tensor([0.9, 1.0, 0.5])
+    # Best first: 1 kept; 0 suppressed (cos 0.995 > 0.8); 2 kept.
+    assert group_nms(x, importance, 2, 0.8) == [1, 2]
+    assert group_nms(x, importance, 3, 0.8) == [1, 2, 0]  # short of its quota: the suppressed fill in
+    assert group_nms(x, importance, 2, 1.0) == [1, 0]  # no suppression: plain importance order
+
+
+def test_prunesid_suppresses_a_near_duplicate_in_favour_of_a_distinct_token():
+    # Group A (the e0 component) = {0, 1, 2, 3, 6}, group B (e1) = {4, 5}; k = 4 splits 5:2 as 3 + 1.
+    # A by |loading|: 0, 1, 2, 3, 6; token 1 is a near-copy of 0 (cos 0.997) and is skipped for 3.
+    features = torch.tensor([[4.0, 0, 0], [3.9, 0, 0.3], [-4.0, 0, 0], [-3.0, 0, -3.0],
+                             [0, 2.0, 0], [0, -2.0, 0], [-0.9, 0, 0]])
+    tokens = ImageTokens(features=features)
+    assert torch.equal(run_select("prunesid", tokens, 4, components=2), torch.tensor([0, 2, 3, 4]))
+    assert torch.equal(run_select("prunesid", tokens, 4, components=2, nms_threshold=1.0), torch.tensor([0, 1, 2, 4]))
+
+
+@pytest.mark.parametrize("shape", [(40, 64), (300, 16)])  # the X X^T and the X^T X branch
+def test_prunesid_loadings_match_the_svd(shape):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    group, importance = principal_groups(x, 8)
+    u, s, _ = torch.linalg.svd(x - x.mean(0), full_matrices=False)
+    ref_importance, ref_group = (u[:, :8] * s[:8]).abs().max(dim=1)
+    assert torch.equal(group, ref_group)
+    assert torch.allclose(importance, ref_importance, atol=1e-3)
