@@ -114,7 +114,8 @@ class Plan:
         """Reduce every span of `seq` at `layer` (features = its current embeds); unchanged if nothing shrinks."""
         assignments: list[Assignment | None] = []
         # The instruction: prompt text after the last visual span, in the LLM's input embedding space.
-        tail = seq.embeds[max(s.end for s in seq.spans) :] if seq.spans and not self.in_llm else None
+        wanted = seq.spans and not self.in_llm and self.method.uses_text(self.options)
+        tail = seq.embeds[max(s.end for s in seq.spans) :] if wanted else None
         text = tail.detach().float().cpu() if tail is not None and tail.shape[0] > 0 else None
         for span, importance in zip(seq.spans, importances, strict=True):
             n = self.stage_budget(span, layer)

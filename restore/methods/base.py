@@ -34,7 +34,12 @@ class Method:
     # For in-LLM methods: the first decoder layer that sees the reduced sequence.
     default_layer: ClassVar[int | None] = None
     needs_importance: ClassVar[bool] = False
+    # Pre-LLM methods conditioned on the instruction get `ImageTokens.text` (a host copy per sample).
+    needs_text: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def uses_text(self, options: BaseModel) -> bool:
+        return self.needs_text
 
     def layers(self, layer: int | None, options: BaseModel) -> list[int]:
         """In-LLM methods: the decoder layers that each see a newly reduced sequence."""

@@ -95,6 +95,7 @@ class CDPruner(Method):
     stage = "pre"
     description = "DPP MAP subset of the projected tokens under a kernel conditioned on the instruction"
     author_positions = "compact"
+    needs_text = True
 
     def select(self, tokens: ImageTokens, k: int, options) -> torch.Tensor:
         if k >= tokens.num_tokens:

@@ -133,6 +133,10 @@ class Temporal(Method):
     author_positions = "compact"
     Options = TemporalOptions
 
+    def uses_text(self, options: TemporalOptions) -> bool:
+        spatial, spatial_options = spatial_method(options)
+        return spatial.uses_text(spatial_options)
+
     @staticmethod
     def _is_video(tokens: ImageTokens) -> bool:
         return tokens.grid is not None and tokens.grid[0] > 1

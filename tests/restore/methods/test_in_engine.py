@@ -66,3 +66,18 @@ def test_pre_llm_methods_see_the_instruction_after_the_image(engine, monkeypatch
     other = engine.generate([Request("<image> where is the red one", [make_image(25)], reduction=red)], max_new_tokens=1)
     assert len(seen) == 2 and (seen[1].shape != seen[0].shape or not torch.equal(seen[1], seen[0]))
     assert other[0].stats.kept_tokens == 5
+
+
+def test_only_methods_conditioned_on_the_instruction_get_it(engine, monkeypatch):
+    from restore.methods import get_method
+
+    divprune = get_method("divprune")
+    seen = []
+    original = type(divprune).select
+    monkeypatch.setattr(type(divprune), "select", lambda self, tokens, k, options: (
+        seen.append(tokens.text), original(self, tokens, k, options))[1])
+    engine.generate([Request(PROMPT, [make_image(26)], reduction=tiny_reduction("divprune", 5, False))],
+                    max_new_tokens=1)
+    assert seen == [None]  # no host copy of the prompt for a method that does not read it
+    assert get_method("temporal").uses_text(get_method("temporal").validate_options({"spatial": "cdpruner"}))
+    assert not get_method("temporal").uses_text(get_method("temporal").validate_options({}))
