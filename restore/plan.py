@@ -110,10 +110,15 @@ class Plan:
             return restore_assignment(tokens, n, self.method, self.options, self.config.restore)
         return self.method.reduce(tokens, n, self.options)
 
-    def apply(self, seq: SampleSeq, importances: list[torch.Tensor | None], layer: int = 0) -> SampleSeq:
-        """Reduce every span of `seq` at `layer` (features = its current embeds); unchanged if nothing shrinks."""
+    def apply(self, seq: SampleSeq, importances: list[torch.Tensor | None], layer: int = 0,
+              layer_keys: list[torch.Tensor | None] | None = None,
+              text_attention: list[torch.Tensor | None] | None = None) -> SampleSeq:
+        """Reduce every span of `seq` at `layer` (features = its current embeds); unchanged if nothing shrinks.
+        In-LLM stages also pass, per span, what layer-1 recorded (`ImageTokens.layer_keys`, `.text_attention`)."""
+        none = [None] * len(seq.spans)
         assignments: list[Assignment | None] = []
-        for span, importance in zip(seq.spans, importances, strict=True):
+        for span, importance, lkeys, text in zip(seq.spans, importances, layer_keys or none, text_attention or none,
+                                                 strict=True):
             n = self.stage_budget(span, layer)
             if n >= span.length:
                 assignments.append(None)
@@ -123,6 +128,8 @@ class Plan:
                 importance=importance,
                 keys=span.keys if not self.in_llm else None,
                 grid=span.grid,
+                layer_keys=lkeys,
+                text_attention=text,
             )
             a = self.assignment(tokens, n)
             if a.num_slots != n:
