@@ -110,14 +110,19 @@ class Plan:
             return restore_assignment(tokens, n, self.method, self.options, self.config.restore)
         return self.method.reduce(tokens, n, self.options)
 
-    def apply(self, seq: SampleSeq, importances: list[torch.Tensor | None], layer: int = 0) -> SampleSeq:
-        """Reduce every span of `seq` at `layer` (features = its current embeds); unchanged if nothing shrinks."""
+    def apply(self, seq: SampleSeq, importances: list[torch.Tensor | None], layer: int = 0,
+              layer_keys: list[torch.Tensor | None] | None = None,
+              text_attention: list[torch.Tensor | None] | None = None) -> SampleSeq:
+        """Reduce every span of `seq` at `layer` (features = its current embeds); unchanged if nothing shrinks.
+        In-LLM stages also pass, per span, what layer-1 recorded (`ImageTokens.layer_keys`, `.text_attention`)."""
+        none = [None] * len(seq.spans)
         assignments: list[Assignment | None] = []
         # The instruction: prompt text after the last visual span, in the LLM's input embedding space.
         wanted = seq.spans and not self.in_llm and self.method.uses_text(self.options)
         tail = seq.embeds[max(s.end for s in seq.spans) :] if wanted else None
-        text = tail.detach().float().cpu() if tail is not None and tail.shape[0] > 0 else None
-        for span, importance in zip(seq.spans, importances, strict=True):
+        instruction = tail.detach().float().cpu() if tail is not None and tail.shape[0] > 0 else None
+        for span, importance, lkeys, text_rows in zip(seq.spans, importances, layer_keys or none,
+                                                      text_attention or none, strict=True):
             n = self.stage_budget(span, layer)
             if n >= span.length:
                 assignments.append(None)
@@ -127,7 +132,9 @@ class Plan:
                 importance=importance,
                 keys=span.keys if not self.in_llm else None,
                 grid=span.grid,
-                text=text,
+                text=instruction,
+                layer_keys=lkeys,
+                text_attention=text_rows,
             )
             a = self.assignment(tokens, n)
             if a.num_slots != n:

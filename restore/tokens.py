@@ -20,11 +20,19 @@ class ImageTokens:
     importance: (N,) attention mass each token receives from the vision tower's
                 CLS query (pre-LLM) or from the last prompt token at layer K-1
                 (in-LLM); None when the model has neither.
-    keys:       (N, dk) vision-tower keys or features for methods that measure
-                similarity there; None when not available.
+    keys:       (N, dk) vision-tower keys for pre-LLM methods that measure
+                similarity there; None when not available (always None in-LLM).
     grid:       (T, H, W) when the tokens are a row-major T x H x W grid, else None.
     text:       (M, d) input embeddings of the prompt's text after the last visual span (the
                 instruction), for pre-LLM methods conditioned on it; None in-LLM or when none follows.
+    layer_keys: (N, h*d_h) in-LLM only: the tokens' keys in decoder layer K-1 (the
+                last layer that sees every token), heads concatenated, after RoPE
+                (a rotation, so each head's key norm is RoPE-free); None unless the
+                method asks for them (`Method.needs_layer_keys`).
+    text_attention: (T, N) in-LLM only: the attention each of the T text tokens after
+                the span (prompt text, in order) pays to each of the span's tokens at
+                layer K-1, averaged over heads; None unless the method asks for it
+                (`Method.needs_text_attention`).
     """
 
     features: torch.Tensor
@@ -32,6 +40,8 @@ class ImageTokens:
     keys: torch.Tensor | None = None
     grid: tuple[int, int, int] | None = None
     text: torch.Tensor | None = None
+    layer_keys: torch.Tensor | None = None
+    text_attention: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -53,11 +63,14 @@ class Assignment:
 
     Slots are emitted in slot order; `rep[s]` is the token whose identity slot s
     carries (the kept token itself, or a merge anchor), used by the 'original'
-    position policy and for display.
+    position policy and for display. `weights` (N,), when set, scale each token's
+    share of its slot's merged feature (e.g. PruMerge's attention-weighted means);
+    sizes still count members.
     """
 
     slot: torch.Tensor  # (N,) long
     rep: torch.Tensor  # (n,) long
+    weights: torch.Tensor | None = None  # (N,) float, merge weights on top of sizes
 
     @property
     def num_slots(self) -> int:
@@ -102,10 +115,13 @@ class Assignment:
         )
 
     def merge(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, ...) size-weighted mean of each slot's members' rows of x (N, ...)."""
+        """(n, ...) mean of each slot's members' rows of x (N, ...), weighted by `weights` (sizes) times
+        `self.weights`."""
         live = self.slot >= 0
         idx = self.slot[live].to(x.device)
         w = torch.ones(self.num_tokens, device=x.device) if weights is None else weights.to(x.device).float()
+        if self.weights is not None:
+            w = w * self.weights.to(x.device).float()
         w = w[live.to(x.device)]
         shape = (self.num_slots, *x.shape[1:])
         acc = torch.zeros(shape, dtype=torch.float32, device=x.device)

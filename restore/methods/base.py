@@ -33,7 +33,11 @@ class Method:
     author_positions: ClassVar[Literal["original", "compact"]] = "compact"
     # For in-LLM methods: the first decoder layer that sees the reduced sequence.
     default_layer: ClassVar[int | None] = None
-    needs_importance: ClassVar[bool] = False
+    # What an in-LLM method reads at decoder layer K-1 besides the hidden states; the engine computes
+    # each only when a method acting at that layer asks for it (fused SDPA otherwise).
+    needs_importance: ClassVar[bool] = False  # the last prompt token's attention row
+    needs_layer_keys: ClassVar[bool] = False  # the layer's keys (`ImageTokens.layer_keys`)
+    needs_text_attention: ClassVar[bool] = False  # text tokens' attention rows (`ImageTokens.text_attention`)
     # Pre-LLM methods conditioned on the instruction get `ImageTokens.text` (a host copy per sample).
     needs_text: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = NoOptions
@@ -60,6 +64,22 @@ class Method:
     def reduce(self, tokens: ImageTokens, n: int, options: BaseModel) -> Assignment:
         """The method as its authors ran it: n output tokens. Pruning by default."""
         return Assignment.keep(self.select(tokens, n, options), tokens.num_tokens)
+
+
+def ascending_layers(v: tuple[int, ...]) -> tuple[int, ...]:
+    """A staged method's `layers` option, checked: distinct ascending decoder layers >= 1."""
+    if not v or any(k < 1 for k in v) or list(v) != sorted(set(v)):
+        raise ValueError(f"layers must be distinct ascending decoder layers >= 1, got {list(v)}")
+    return v
+
+
+def require(method: Method, tokens: ImageTokens, field: str) -> torch.Tensor:
+    """`tokens.<field>` (an in-LLM signal), or a ValueError when the caller did not provide it."""
+    value = getattr(tokens, field)
+    if value is None:
+        raise ValueError(f"method {method.name!r} needs ImageTokens.{field} (in-LLM: the engine records it at "
+                         "layer K-1); none was given")
+    return value
 
 
 def require_importance(method: Method, tokens: ImageTokens) -> torch.Tensor:

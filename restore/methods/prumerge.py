@@ -17,14 +17,19 @@ cell centre is a candidate when its cell holds no outlier, and the fill takes
 candidates at an even stride in cell order (there are always enough, since
 outliers occupy at most |outliers| cells). `select` is this selection (what
 RESTORE wraps).
-`reduce` is the method as its authors ran it: every pruned token joins the kept
-token it is most similar to (cosine on vision keys, or on features when the
-adapter has no keys), so each kept token absorbs its nearest pruned neighbours
-and nothing is dropped (sizes sum to N). The paper lets each kept token gather
-its k nearest neighbours and averages them weighted by CLS attention; an
-`Assignment` puts each token in exactly one slot and is merged with the
-sequence's size weights, so a slot here is the plain (size-weighted) mean of
-its members.
+`reduce` is the method as its authors ran it: every pruned token is clustered to
+the kept token whose vision-tower key is most similar to its own (cosine; on
+features when the adapter has no keys), and each kept token is replaced by the
+CLS-attention-weighted average of its cluster (itself included),
+    y_p = sum_j a_j x_j / sum_j a_j,
+so nothing is dropped (sizes, which count members, sum to N).
+What differs from the paper, and why: the paper lets each kept token gather its
+nearest neighbours by key similarity, so a pruned token may feed several kept
+tokens or none; an `Assignment` puts each token in exactly one slot, so here each
+pruned token feeds only the kept token nearest to it. The paper merges the
+vision tower's outputs before the projector; here the merge averages the
+projector's outputs (`tokens.features`), the tokens the LLM sees. The paper keeps
+as many outliers as it finds; here the budget is exact (above).
 Defaults: iqr_factor = 1.5 (the standard IQR outlier fence).
 Positions of the original code: 'compact' (it rebuilds the visual sequence
 before the projector).
@@ -81,12 +86,15 @@ def prumerge_select(tokens: ImageTokens, importance: torch.Tensor, k: int, facto
     return torch.sort(torch.cat([outliers, picks])).values
 
 
-def absorb_into_kept(sim_source: torch.Tensor, kept: torch.Tensor) -> Assignment:
-    """Every token joins its most similar kept token; slots in kept (index) order."""
+def absorb_into_kept(sim_source: torch.Tensor, kept: torch.Tensor, importance: torch.Tensor) -> Assignment:
+    """Every token joins its most similar kept token, weighted by its attention in the merge; slots in kept
+    (index) order."""
     x = F.normalize(sim_source.detach().float(), dim=-1)
     owner = (x @ x[kept.to(x.device)].T).argmax(dim=1).cpu()  # (N,) index into kept
     owner[kept] = torch.arange(kept.numel())
-    return Assignment(slot=owner, rep=kept)
+    # Softmax weights are positive; the floor only guards a slot whose weights underflowed in low precision.
+    weights = importance.detach().float().cpu().clamp_min(1e-12)
+    return Assignment(slot=owner, rep=kept, weights=weights)
 
 
 @register
@@ -110,4 +118,4 @@ class PruMergePlus(Method):
             return Assignment.identity(tokens.num_tokens)
         kept = self.select(tokens, n, options)
         sim_source = tokens.keys if tokens.keys is not None else tokens.features
-        return absorb_into_kept(sim_source, kept)
+        return absorb_into_kept(sim_source, kept, tokens.importance)

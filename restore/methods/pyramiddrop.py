@@ -19,6 +19,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from restore.methods import register
+from restore.methods.base import ascending_layers
 from restore.methods.fastv import FastV
 
 
@@ -28,12 +29,7 @@ class PyramidDropOptions(BaseModel):
         (8, 16, 24), description="Decoder layers that start each new stage (ascending, >= 1)."
     )
 
-    @field_validator("layers")
-    @classmethod
-    def _ascending(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(k < 1 for k in v) or list(v) != sorted(set(v)):
-            raise ValueError(f"layers must be distinct ascending decoder layers >= 1, got {list(v)}")
-        return v
+    _ascending = field_validator("layers")(ascending_layers)
 
 
 @register

@@ -111,7 +111,12 @@ def compose(inner: Assignment, outer: Assignment) -> Assignment:
     live = inner.slot >= 0
     slot = torch.full_like(inner.slot, -1)
     slot[live] = outer.slot[inner.slot[live]]
-    return Assignment(slot=slot, rep=inner.rep[outer.rep])
+    # A token's merge weight is its own times its run's (two merges in one).
+    weights = inner.weights
+    if outer.weights is not None:
+        carried = outer.weights[inner.slot.clamp(min=0)]
+        weights = carried if weights is None else weights * carried
+    return Assignment(slot=slot, rep=inner.rep[outer.rep], weights=weights)
 
 
 def run_tokens(tokens: ImageTokens, runs: Assignment) -> ImageTokens:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
@@ -31,6 +32,25 @@ from restore.runtime.stages import Stages
 ATTENTION_NAME = "restore_sdpa"
 
 
+@dataclass
+class LayerRecord:
+    """What decoder layer K-1 leaves for the in-LLM stage at K, for the whole left-padded batch; each part
+    only when a method acting at K asks for it (`Stages.needs`)."""
+
+    row: torch.Tensor | None = None  # (B, L) head-averaged attention of the last query on every key
+    keys: torch.Tensor | None = None  # (B, L, h*d_h) the layer's keys (after RoPE), heads concatenated
+    text: torch.Tensor | None = None  # (B, T, L) head-averaged attention of the text queries below
+    text_index: torch.Tensor | None = None  # (B, T) long: padded position of each text query
+    text_valid: torch.Tensor | None = None  # (B, T) bool: False where a sample has fewer than T
+
+
+def attention_rows(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, scaling: float) -> torch.Tensor:
+    """(B, q, L) head-averaged softmax attention of the given query rows (B, H, q, d) on keys (B, H, L, d)
+    under their mask rows (B, 1, q, L): a few rows, never the L x L matrix."""
+    logits = (query.float() @ keys.float().transpose(-1, -2)) * scaling + mask.float()
+    return torch.softmax(logits, dim=-1).mean(dim=1)
+
+
 class ForwardContext:
     """What the biased attention needs during one prefill and its decode steps: the RoPE spec, the layout of
     each stage (the first is the batch as prefilled) and, for in-LLM methods, the `Stages` that reduce the
@@ -42,7 +62,7 @@ class ForwardContext:
         self.stages = stages
         self.stage_layers = stages.layers if stages is not None else []
         self.row_layers = {k - 1 for k in self.stage_layers}
-        self.rows: dict[int, torch.Tensor] = {}
+        self.records: dict[int, LayerRecord] = {}
         self.phase = "prefill"
         self._masks: dict[tuple, torch.Tensor] = {}
         self._stage_rope: dict[int, tuple] = {}
@@ -98,18 +118,29 @@ class ForwardContext:
         mask = torch.where(allowed, bias, torch.finfo(dtype).min).to(dtype)
         return mask[:, None]
 
-    def record_row(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, scaling: float, groups: int) -> None:
-        """Head-averaged attention of the last query on every key: one row, never the L x L matrix."""
-        keys = repeat_kv(key, groups) if groups > 1 else key
-        logits = (query[:, :, -1:, :].float() @ keys.float().transpose(-1, -2)) * scaling
-        logits = logits + mask[:, :, -1:, :].float()
-        self.rows[layer] = torch.softmax(logits, dim=-1).mean(dim=1)[:, 0]
+    def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor, scaling: float,
+               groups: int) -> None:
+        """Keep what the stage after `layer` needs: attention rows of a few queries, the keys; never L x L."""
+        needs = self.stages.needs(layer + 1)
+        rec = LayerRecord()
+        keys = repeat_kv(key, groups) if groups > 1 and needs & {"row", "text"} else key
+        if "row" in needs:
+            rec.row = attention_rows(query[:, :, -1:], keys, mask[:, :, -1:], scaling)[:, 0]
+        if "text" in needs:
+            index, valid = self.stages.text_queries()
+            index = index.to(query.device)
+            q = query.gather(2, index[:, None, :, None].expand(-1, query.shape[1], -1, query.shape[3]))
+            m = mask.gather(2, index[:, None, :, None].expand(-1, 1, -1, mask.shape[3]))
+            rec.text, rec.text_index, rec.text_valid = attention_rows(q, keys, m, scaling), index, valid
+        if "keys" in needs:
+            rec.keys = key.transpose(1, 2).reshape(key.shape[0], key.shape[2], -1)
+        self.records[layer] = rec
 
     def before_layer(self, layer: int, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if self.phase != "prefill" or not self.stage_layers or layer < self.stage_layers[0]:
             return None
         if layer in self.stage_layers and layer not in self._stage_rope:
-            hidden, layout, rope_args, position_ids = self.stages.build(layer, args[0], self.rows[layer - 1])
+            hidden, layout, rope_args, position_ids = self.stages.build(layer, args[0], self.records[layer - 1])
             self.layouts.append(layout)
             self._stage_rope[layer] = (rope_args, position_ids)
             args = (hidden, *args[1:])
@@ -143,7 +174,7 @@ def restore_attention(module, query, key, value, attention_mask, dropout: float 
     mask = ctx.mask(layer, query.shape[2], key.shape[2], query.dtype)
     if ctx.phase == "prefill" and layer in ctx.row_layers:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        ctx.record_row(layer, query, key, mask, scale, getattr(module, "num_key_value_groups", 1))
+        ctx.record(layer, query, key, mask, scale, getattr(module, "num_key_value_groups", 1))
     kwargs.pop("is_causal", None)
     return sdpa_attention_forward(
         module, query, key, value, mask, dropout=dropout, scaling=scaling, is_causal=False, **kwargs

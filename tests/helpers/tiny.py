@@ -174,5 +174,6 @@ def tiny_reduction(method: str, budget, restore_on: bool) -> ReductionConfig:
     """The method at its defaults, with in-LLM layers moved inside the 2-layer tiny decoders."""
     kw = {}
     if get_method(method).stage == "llm":
-        kw = {"options": {"layers": [1]}} if method == "pyramiddrop" else {"layer": 1}
+        staged = "layers" in get_method(method).Options.model_fields  # methods that set stages by option
+        kw = {"options": {"layers": [1]}} if staged else {"layer": 1}
     return ReductionConfig(method=method, budget=budget, restore=RestoreConfig(enabled=restore_on), **kw)

@@ -14,7 +14,11 @@ def make_tokens(grid=(1, 6, 8), dim=16, seed=0, keys=False, no_grid=False) -> Im
     features = torch.randn(num, dim, generator=gen)
     importance = torch.rand(num, generator=gen).softmax(0)
     key = torch.randn(num, dim // 2, generator=gen) if keys else None
-    return ImageTokens(features=features, importance=importance, keys=key, grid=None if no_grid else grid)
+    # In-LLM signals: layer keys and 5 text tokens' attention rows (drawn after the rest: same features as before).
+    layer_keys = torch.randn(num, dim, generator=gen)
+    text = torch.rand(5, num, generator=gen).softmax(1)
+    return ImageTokens(features=features, importance=importance, keys=key, grid=None if no_grid else grid,
+                       layer_keys=layer_keys, text_attention=text)
 
 
 def run_select(name: str, tokens: ImageTokens, k: int, **options) -> torch.Tensor:

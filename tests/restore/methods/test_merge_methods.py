@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from restore.methods import get_method
 from restore.methods.pool import _cells
-from restore.methods.prumerge import iqr_outliers
+from restore.methods.prumerge import absorb_into_kept, iqr_outliers
+from restore.methods.sparsevlm import density_peak_clusters, rater_scores
 from restore.tokens import Assignment, ImageTokens
 from tests.helpers.tokens import check_indices, make_tokens, run_reduce, run_select
 
@@ -16,11 +19,14 @@ MERGERS = ["prumerge_plus", "tome", "sparsevlm"]
 
 
 def check_means(a: Assignment, features: torch.Tensor) -> None:
+    """Each slot is the mean of its members, weighted by the assignment's merge weights when it has them."""
     merged = a.merge(features)
+    w = torch.ones(a.num_tokens) if a.weights is None else a.weights
     for s in range(a.num_slots):
         members = a.members(s)
         assert int(a.rep[s]) in members.tolist()
-        assert torch.allclose(merged[s], features[members].mean(0), atol=1e-5)
+        expected = (w[members, None] * features[members]).sum(0) / w[members].sum()
+        assert torch.allclose(merged[s], expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -51,8 +57,10 @@ def test_reduce_merges_everything_into_exactly_n_slots(name, keys):
         assert torch.equal(a.slot[a.rep], torch.arange(n))
         sizes = a.sizes()
         assert bool((sizes >= 1).all())
-        if name == "sparsevlm" and round(0.1 * n) == 0:  # no recycled token at tiny budgets: pure pruning
-            assert int(sizes.sum()) == n
+        if name == "sparsevlm":  # c recycled slots hold the best-rated 30% of the deleted tokens, the rest drop
+            c = round(0.1 * n)
+            recycled = min(num - n + c, max(c, math.ceil(0.3 * (num - n + c)))) if c else 0
+            assert int(sizes.sum()) == n - c + recycled
         else:
             assert bool((a.slot >= 0).all()) and int(sizes.sum()) == num
         check_means(a, tokens.features)
@@ -61,7 +69,8 @@ def test_reduce_merges_everything_into_exactly_n_slots(name, keys):
 
 def test_merging_is_deterministic_in_low_precision():
     tokens = make_tokens((1, 6, 8))
-    half = ImageTokens(features=tokens.features.bfloat16(), importance=tokens.importance.half(), grid=tokens.grid)
+    half = ImageTokens(features=tokens.features.bfloat16(), importance=tokens.importance.half(), grid=tokens.grid,
+                       layer_keys=tokens.layer_keys.bfloat16(), text_attention=tokens.text_attention.half())
     for name in NEW:
         check_indices(run_select(name, half, 9), 9, tokens.num_tokens)
     for name in MERGERS:
@@ -108,29 +117,31 @@ def test_tome_tracks_sizes_over_rounds():
     assert torch.equal(by_keys.slot, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
 
 
-def test_dart_keeps_the_tokens_least_similar_to_the_pivots():
+def test_dart_pivots_by_key_norm_keep_the_tokens_least_similar_to_them():
     e = torch.eye(8)
     features = torch.stack([
-        10.0 * e[0],  # 0: pivot (largest norm)
-        9.0 * e[1],  # 1: pivot
-        e[0] + 0.1 * e[5],  # 2: near-duplicate of pivot 0
-        e[1] + 0.1 * e[6],  # 3: near-duplicate of pivot 1
-        e[0] + e[1],  # 4: duplicates both a bit
-        e[2],  # 5: distinct
-        e[3] + 0.2 * e[0],  # 6: slightly similar to pivot 0
-        e[4] + 0.5 * e[1],  # 7: more similar to pivot 1
+        e[0],  # 0: pivot by key norm
+        e[0] + 0.1 * e[5],  # 1: near-duplicate of pivot 0 (cos 0.995)
+        e[1],  # 2: pivot by key norm
+        e[1] + 0.1 * e[6],  # 3: near-duplicate of pivot 2 (cos 0.995)
+        e[2],  # 4: distinct (cos 0)
+        e[3] + 0.2 * e[0],  # 5: slightly similar to pivot 0 (cos 0.196)
+        e[4] + 0.5 * e[1],  # 6: more similar to pivot 2 (cos 0.447)
+        e[0] + e[1],  # 7: the largest hidden-state norm; cos 0.707 to both pivots
     ])
-    tokens = ImageTokens(features=features)
-    assert torch.equal(run_select("dart", tokens, 1, pivots=2), torch.tensor([0]))
-    assert torch.equal(run_select("dart", tokens, 2, pivots=2), torch.tensor([0, 1]))
-    assert torch.equal(run_select("dart", tokens, 3, pivots=2), torch.tensor([0, 1, 5]))
-    assert torch.equal(run_select("dart", tokens, 4, pivots=2), torch.tensor([0, 1, 5, 6]))
-    assert torch.equal(run_select("dart", tokens, 5, pivots=2), torch.tensor([0, 1, 5, 6, 7]))
-    assert torch.equal(run_select("dart", tokens, 6, pivots=2), torch.tensor([0, 1, 4, 5, 6, 7]))
-    # One pivot: token 1 is now an ordinary, orthogonal token and is kept early.
-    assert torch.equal(run_select("dart", tokens, 3, pivots=1), torch.tensor([0, 1, 3]))
-    # Default 8 pivots cover every token at k <= 8: the top-norm tokens.
-    assert torch.equal(run_select("dart", tokens, 2), torch.tensor([0, 1]))
+    # Key norms 5 and 4 make 0 and 2 the pivots; the largest hidden-state norms (7, 6) must not.
+    layer_keys = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+    layer_keys = layer_keys / layer_keys.norm(dim=1, keepdim=True) * torch.tensor([5.0, 1, 4, 1, 1, 1, 1, 1])[:, None]
+    tokens = ImageTokens(features=features, layer_keys=layer_keys)
+    expect = {1: [0], 2: [0, 2], 3: [0, 2, 4], 4: [0, 2, 4, 5], 5: [0, 2, 4, 5, 6], 6: [0, 2, 4, 5, 6, 7],
+              7: [0, 1, 2, 4, 5, 6, 7]}  # 1 and 3 tie at 0.995: the lower index first
+    for k, kept in expect.items():
+        assert run_select("dart", tokens, k, pivots=2).tolist() == kept
+    # One pivot (token 0): the tokens orthogonal to it (2, 3, 4, 6) go first, ties to the lower index.
+    assert run_select("dart", tokens, 3, pivots=1).tolist() == [0, 2, 3]
+    # The key norm decides, not the order: swapping the norms of 0 and 7 makes 7 a pivot.
+    swapped = ImageTokens(features=features, layer_keys=layer_keys[torch.tensor([7, 1, 2, 3, 4, 5, 6, 0])])
+    assert run_select("dart", swapped, 2, pivots=2).tolist() == [2, 7]
 
 
 def test_prumerge_keeps_the_iqr_outliers_then_uniform_fill():
@@ -166,55 +177,86 @@ def test_prumerge_keeps_the_iqr_outliers_then_uniform_fill():
     assert torch.equal(a.slot, expected)
 
 
-def test_sparsevlm_keeps_top_scores_and_recycles_deleted_tokens_by_group():
-    num = 20
-    gen = torch.Generator().manual_seed(2)
-    # Deleted tokens come in two directions (even / odd index); the kept ones are random.
-    features = torch.randn(num, 6, generator=gen)
-    directions = torch.eye(6)[:2]
-    importance = torch.linspace(0.01, 0.02, num)
-    top = torch.tensor([1, 4, 7, 10, 13, 16, 18, 19])
-    importance[top] = 1.0 + torch.arange(8.0)
-    deleted = torch.tensor(sorted(set(range(num)) - set(top.tolist())))
-    features[deleted] = directions[deleted % 2] + 0.01 * torch.randn(deleted.numel(), 6, generator=gen)
-    tokens = ImageTokens(features=features, importance=importance)
-    assert torch.equal(run_select("sparsevlm", tokens, 8), top)
-    assert torch.equal(run_select("sparsevlm", tokens, 2), torch.tensor([18, 19]))
-    # n = 10, recycle_ratio 0.2: 8 top-score tokens + 2 recycled groups centred on the two best-rated
-    # deleted tokens (importance rises with the index among the deleted: 17, then 15).
-    a = run_reduce("sparsevlm", tokens, 10, recycle_ratio=0.2)
-    assert a.num_slots == 10 and int(a.sizes().sum()) == num
-    kept_slots = a.slot[top]
-    assert bool((a.sizes()[kept_slots] == 1).all())
-    recycled = sorted(set(range(10)) - set(kept_slots.tolist()))
-    centres = a.rep[recycled]
-    assert torch.equal(centres, torch.tensor([15, 17]))  # the best-rated deleted tokens
-    for s in recycled:
-        assert set(a.members(s).tolist()) <= set(deleted.tolist())
-    assert int(a.sizes()[recycled].sum()) == deleted.numel()
+def test_sparsevlm_raters_are_the_text_tokens_that_look_at_the_image():
+    # Four text tokens after the image, six visual tokens. Mean attention on the image R = (0.01, 0.083, 0.097,
+    # 0.02), mean 0.0525: tokens 1 and 2 are the raters. Token 3 (the last prompt token, FastV's rater) looks
+    # at visual token 4 only, but it is no rater.
+    text = torch.tensor([
+        [0.01, 0.01, 0.01, 0.01, 0.01, 0.01],
+        [0.40, 0.02, 0.02, 0.02, 0.02, 0.02],
+        [0.02, 0.02, 0.02, 0.30, 0.02, 0.20],
+        [0.00, 0.00, 0.00, 0.00, 0.12, 0.00],
+    ])
+    raters, scores = rater_scores(text)
+    assert raters.tolist() == [False, True, True, False]
+    assert torch.allclose(scores, torch.tensor([0.21, 0.02, 0.02, 0.16, 0.02, 0.11]))
+    tokens = ImageTokens(features=torch.randn(6, 4), text_attention=text)
+    assert run_select("sparsevlm", tokens, 1).tolist() == [0]
+    assert run_select("sparsevlm", tokens, 3).tolist() == [0, 3, 5]
+    assert run_select("sparsevlm", tokens, 4).tolist() == [0, 1, 3, 5]  # 1, 2, 4 tie: the lower index
+    # No text after the image: every token alike, the earliest kept.
+    alone = ImageTokens(features=torch.randn(6, 4), text_attention=torch.empty(0, 6))
+    assert run_select("sparsevlm", alone, 2).tolist() == [0, 1]
+
+
+def test_sparsevlm_recycles_the_best_deleted_tokens_into_density_peak_clusters():
+    # One text token: it is the only rater and its attention is the score.
+    scores = torch.tensor([0.50, 0.49, 0.48, 0.47, 0.46, 0.45, 0.10, 0.09, 0.08, 0.07, 1.0, 0.9])
+    e = torch.eye(6)
+    features = torch.stack([
+        e[0] + 0.01 * e[2], e[1] + 0.01 * e[3], e[0], e[1], e[0] - 0.01 * e[2], e[1] - 0.01 * e[3],  # 0-5
+        e[4], e[4] + 0.3 * e[5], e[5], e[5] + 0.3 * e[4],  # 6-9: the worst rated, dropped
+        e[2], e[3],  # 10, 11: kept
+    ])
+    tokens = ImageTokens(features=features, text_attention=scores[None])
+    # n = 4, recycle_ratio 0.5: c = 2 recycled slots + the top 2 (10, 11). Of the 10 deleted, the best-rated
+    # ceil(0.6 * 10) = 6 (tokens 0-5) are recycled: two tight groups, {0, 2, 4} around e0 and {1, 3, 5} around
+    # e1, whose middle tokens 2 and 3 are the density peaks; 6-9 are dropped.
+    a = run_reduce("sparsevlm", tokens, 4, recycle_ratio=0.5, recycle_share=0.6, knn=2)
+    assert a.rep.tolist() == [2, 3, 10, 11]
+    assert a.slot.tolist() == [0, 1, 0, 1, 0, 1, -1, -1, -1, -1, 2, 3]
+    assert a.sizes().tolist() == [3.0, 3.0, 1.0, 1.0]
+    assert torch.allclose(a.merge(features)[:2], torch.stack([e[0], e[1]]), atol=1e-6)
     check_means(a, features)
-    # With centres of both parities, each recycled group gathers exactly one direction.
-    importance2 = importance.clone()
-    importance2[14] = 0.5  # deleted, even, now the best-rated deleted token
-    tokens2 = ImageTokens(features=features, importance=importance2)
-    b = run_reduce("sparsevlm", tokens2, 10, recycle_ratio=0.2)
-    rec2 = sorted(set(range(10)) - set(b.slot[top].tolist()))
-    assert torch.equal(b.rep[rec2], torch.tensor([14, 17]))
-    for s in rec2:
-        assert len({i % 2 for i in b.members(s).tolist()}) == 1
-    assert sorted(b.sizes()[rec2].tolist()) == [6.0, 6.0]
-    check_means(b, features)
-    # recycle_ratio 0 is plain top-k pruning.
-    plain = run_reduce("sparsevlm", tokens, 8, recycle_ratio=0.0)
-    assert torch.equal(plain.rep, top) and int(plain.sizes().sum()) == 8
+    # The centres are density peaks, not the best-rated recycled tokens (0 and 1).
+    centres, owner = density_peak_clusters(features[:6], 2, knn=2)
+    assert centres.tolist() == [2, 3] and owner.tolist() == [0, 1, 0, 1, 0, 1]
+    # recycle_ratio 0 is plain top-n pruning.
+    plain = run_reduce("sparsevlm", tokens, 4, recycle_ratio=0.0)
+    assert plain.rep.tolist() == [0, 1, 10, 11] and int(plain.sizes().sum()) == 4
+
+
+def test_prumerge_merges_clusters_by_key_similarity_weighted_by_attention():
+    # Kept 0 and 3; by key, 1 and 2 lie near 0, 4 and 5 near 3 (features deliberately elsewhere).
+    keys = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.3], [0.0, 1.0], [0.2, 0.9], [0.1, 0.7]])
+    features = torch.tensor([[0.0], [10.0], [20.0], [30.0], [40.0], [50.0]])
+    attention = torch.tensor([0.4, 0.1, 0.3, 0.1, 0.05, 0.05])
+    a = absorb_into_kept(keys, torch.tensor([0, 3]), attention)
+    assert a.slot.tolist() == [0, 0, 0, 1, 1, 1] and a.sizes().tolist() == [3.0, 3.0]
+    # (0.4*0 + 0.1*10 + 0.3*20) / 0.8 and (0.1*30 + 0.05*40 + 0.05*50) / 0.2; plain means would be 10 and 40.
+    assert torch.allclose(a.merge(features).flatten(), torch.tensor([8.75, 37.5]))
+    # Tokens that already stand for several (sizes) weigh size x attention.
+    sizes = torch.tensor([1.0, 3.0, 1.0, 1.0, 1.0, 1.0])
+    assert torch.allclose(a.merge(features, sizes)[0], torch.tensor([(0.3 * 10 + 0.3 * 20) / 1.0]))
+    # Through the method: the same weights reach the reduce of an image.
+    tokens = ImageTokens(features=features.repeat(1, 2), importance=attention, keys=keys, grid=(1, 2, 3))
+    b = run_reduce("prumerge_plus", tokens, 2)
+    assert torch.equal(b.weights, attention)
+    check_means(b, tokens.features)
 
 
 def test_in_llm_attributes_and_options():
     dart, sparse = get_method("dart"), get_method("sparsevlm")
-    assert (dart.stage, dart.default_layer, dart.author_positions, dart.needs_importance) == (
-        "llm", 2, "original", False)
-    assert (sparse.stage, sparse.default_layer, sparse.author_positions, sparse.needs_importance) == (
-        "llm", 2, "original", True)
+    assert (dart.stage, dart.default_layer, dart.author_positions, dart.needs_importance, dart.needs_layer_keys,
+            dart.needs_text_attention) == ("llm", 2, "original", False, True, False)
+    assert (sparse.stage, sparse.author_positions, sparse.needs_importance, sparse.needs_layer_keys,
+            sparse.needs_text_attention) == ("llm", "original", False, False, True)
+    assert sparse.layers(None, sparse.validate_options({})) == [2, 6, 15]
+    with pytest.raises(ValueError, match="options.layers"):
+        sparse.layers(3, sparse.validate_options({}))
+    for bad in ({"layers": [6, 2]}, {"recycle_share": 0.0}, {"knn": 0}):
+        with pytest.raises(ValueError, match="invalid options"):
+            sparse.validate_options(bad)
     assert get_method("prumerge_plus").stage == "pre" and get_method("tome").stage == "pre"
     assert get_method("prumerge_plus").needs_importance and not get_method("tome").needs_importance
     with pytest.raises(ValueError, match="invalid options"):
@@ -225,12 +267,13 @@ def test_in_llm_attributes_and_options():
         get_method("tome").validate_options({"r": 4})
 
 
-@pytest.mark.parametrize("name", ["prumerge_plus", "sparsevlm"])
-def test_importance_required(name):
+@pytest.mark.parametrize("name,match", [("prumerge_plus", "attention scores"), ("sparsevlm", "text_attention"),
+                                        ("dart", "layer_keys")])
+def test_signals_required(name, match):
     tokens = ImageTokens(features=torch.randn(10, 4))
-    with pytest.raises(ValueError, match="attention scores"):
+    with pytest.raises(ValueError, match=match):
         run_select(name, tokens, 3)
-    with pytest.raises(ValueError, match="attention scores"):
+    with pytest.raises(ValueError, match=match):
         run_reduce(name, tokens, 3)
 
 
