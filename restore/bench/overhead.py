@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     method = get_method(args.method)
     options = method.validate_options({})
-    tokens = ImageTokens(features=torch.randn(576, 4096), importance=torch.rand(576).softmax(0), grid=(1, 24, 24))
+    # Every signal a method may read, at LLaVA-1.5-7B's shapes (32 heads x 128 for the layer keys).
+    tokens = ImageTokens(features=torch.randn(576, 4096), importance=torch.rand(576).softmax(0), grid=(1, 24, 24),
+                         keys=torch.randn(576, 1024), text=torch.randn(12, 4096), layer_keys=torch.randn(576, 4096),
+                         text_attention=torch.rand(12, 576).softmax(-1))
     config = LlamaConfig(
         hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
         num_hidden_layers=args.layers, vocab_size=32064, max_position_embeddings=4096,
