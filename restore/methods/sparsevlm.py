@@ -33,7 +33,8 @@ because the engine promises exactly n tokens per image and the continuous-batchi
 scheduler counts each request's KV cache from its budget before the prefill. The
 attention is averaged over heads, and raters are chosen per image among the text
 tokens after it (text before an image cannot attend to it).
-Defaults: layers (2, 6, 15), recycle_ratio = 0.1, recycle_share = 0.3, knn = 5.
+Defaults: layers (2, 6, 15), recycle_ratio = 0.1; recycle_share = 0.3 and knn = 5
+are this implementation's choices (the paper's values could not be checked here).
 Positions of the original code: 'original' (it gathers the kept tokens' position
 ids inside the decoder rather than renumbering).
 """
