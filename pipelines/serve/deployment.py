@@ -68,7 +68,7 @@ def app_builder(args: dict[str, Any]):
 
 
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-PROXY_CALLBACK = "pipelines.serve.app:proxy_middlewares"
+PROXY_CALLBACK = "pipelines.serve.proxy:proxy_middlewares"
 
 
 def http_options(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> dict:
@@ -80,7 +80,7 @@ def http_options(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8
 
 def proxy_env() -> dict[str, str]:
     """Environment for the Ray processes (set before `ray.init` starts them): Serve's proxy wraps itself in
-    `app.ProxyMiddleware` (request ids, the error shape of its own 429/503). Ray 2.60 takes proxy middlewares
+    `proxy.ProxyMiddleware` (request ids, the error shape of its own 429/503). Ray 2.60 takes proxy middlewares
     only from this variable (`http_options.middlewares` was removed)."""
     return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, **REPLICA_ENV}
 

@@ -251,7 +251,7 @@ def test_proxy_middleware_shapes_the_proxys_own_errors_and_request_ids():
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from pipelines.serve.app import ProxyMiddleware
+    from pipelines.serve.proxy import ProxyMiddleware
 
     async def shed(request):
         return PlainTextResponse("Too many requests", status_code=429, headers={"Retry-After": "4"})
@@ -265,3 +265,18 @@ def test_proxy_middleware_shapes_the_proxys_own_errors_and_request_ids():
     assert 3 <= int(r.headers["retry-after"]) <= 5 and r.json()["error"]["type"] == "rate_limit_error"
     r = c.get("/echo", headers=[("x-request-id", b"\xed\xb3\xbf")])
     assert r.status_code == 200 and len(r.text) == 32
+
+
+def test_the_proxy_callback_imports_no_model_stack():
+    # The Serve proxy imports its middlewares before it reports ready; torch and transformers there cost
+    # seconds, and on a loaded node Serve's controller gave up on the proxy at start.
+    import subprocess
+    import sys
+
+    from pipelines.serve.deployment import PROXY_CALLBACK
+
+    module, name = PROXY_CALLBACK.split(":")
+    code = (f"import sys, {module}; assert {module}.{name}(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'restore') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    assert out.stdout.decode().strip() == "[]", out.stdout + out.stderr
