@@ -89,6 +89,16 @@ class Calibration:
         return 1000.0 / self.full_request_ms if self.full_request_ms > 0 else 0.0
 
 
+def _settle(fut: asyncio.Future, handle) -> None:
+    """On the event loop: the handle's result or error into `fut` (unless its waiter already gave up)."""
+    if fut.done():
+        return
+    try:
+        fut.set_result(handle.result())
+    except Exception as err:  # the request's own failure, handed to its waiter
+        fut.set_exception(err)
+
+
 @dataclass
 class Job:
     """One queued request: the scheduler's handle (continuous) or the static batcher's future."""
@@ -120,9 +130,6 @@ class Service:
     calibration: Calibration | None = None
     scheduler: Any = None
     metrics: Metrics = field(default_factory=Metrics)
-    _waiters: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(256, thread_name_prefix="serve-wait")
-    )
     _pool: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
     )
@@ -159,7 +166,6 @@ class Service:
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.close()
-        self._waiters.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ calibration
@@ -244,8 +250,10 @@ class Service:
         left = max(0.001, timeout - (time.monotonic() - job.started))
         loop = asyncio.get_running_loop()
         if job.handle is not None:
-            fut = loop.run_in_executor(self._waiters, job.handle.result)
+            # The scheduler's thread hands the finished result to this loop: no thread blocks per waiting request.
+            fut = loop.create_future()
             fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # read, so nothing logs it
+            job.handle.add_done_callback(lambda h: loop.call_soon_threadsafe(_settle, fut, h))
         else:
             fut = job.future
         self._in_flight += 1

@@ -101,7 +101,7 @@ def _seq_stats(full: SampleSeq, final: SampleSeq) -> dict:
 
 
 class Handle:
-    """A submitted request: `done()`, `cancel()`, `result()`."""
+    """A submitted request: `done()`, `cancel()`, `result()`, `add_done_callback()`."""
 
     def __init__(self, scheduler: Scheduler, work: _Work) -> None:
         self._scheduler = scheduler
@@ -109,6 +109,8 @@ class Handle:
         self._event = threading.Event()
         self._result: Result | None = None
         self._error: BaseException | None = None
+        self._callbacks: list[Callable[[Handle], None]] = []
+        self._callbacks_lock = threading.Lock()
         self.cancelled = False
 
     @property
@@ -148,9 +150,25 @@ class Handle:
         assert self._result is not None
         return self._result
 
+    def add_done_callback(self, fn: Callable[[Handle], None]) -> None:
+        """Call `fn(handle)` once the request is done (at once if it already is), on the thread that finished
+        it: a waiter needs no thread of its own (an asyncio server hands the result to its loop from here)."""
+        with self._callbacks_lock:
+            if not self._event.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
     def _finish(self, result: Result | None, error: BaseException | None = None) -> None:
         self._result, self._error = result, error
-        self._event.set()
+        with self._callbacks_lock:
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:  # a waiter's failure must not stop the scheduler
+                logger.exception("done callback of request %d failed", self.id)
 
 
 class Scheduler:

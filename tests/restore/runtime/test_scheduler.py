@@ -282,6 +282,19 @@ def test_ignore_eos_generates_max_new_tokens_past_an_end_token(engine):
     assert runs_on.result().token_ids == greedy
 
 
+def test_done_callbacks_run_once_when_the_request_finishes(engine):
+    scheduler = Scheduler(engine)
+    calls = []
+    handle = scheduler.submit(Request(PROMPT, [make_image(71)]), gen(3))
+    handle.add_done_callback(lambda h: calls.append(("early", h.done(), h.result().token_ids)))
+    handle.add_done_callback(lambda h: 1 / 0)  # a failing waiter is logged, not raised into the scheduler
+    assert calls == []
+    scheduler.run_until_idle()
+    handle.add_done_callback(lambda h: calls.append(("late", h.done(), h.result().token_ids)))
+    ids = handle.result().token_ids
+    assert calls == [("early", True, ids), ("late", True, ids)]
+
+
 def test_handle_result_drives_the_scheduler_and_loop_thread_serves(engine):
     scheduler = Scheduler(engine)
     handle = scheduler.submit(Request(PROMPT, [make_image(70)]), gen(3))
