@@ -48,14 +48,19 @@ def test_restore_gamma_one_without_calibration_equals_plain_pruning(engine):
         assert torch.allclose(a, b, atol=1e-5), method
 
 
-def test_pre_llm_methods_see_the_instruction_after_the_image(engine, monkeypatch):
+def texts_seen(monkeypatch, name: str) -> list:
+    """What `ImageTokens.text` method `name`'s select is given, call by call."""
     from restore.methods import get_method
 
-    cdpruner = get_method("cdpruner")
-    seen = []
-    original = type(cdpruner).select
-    monkeypatch.setattr(type(cdpruner), "select", lambda self, tokens, k, options: (
+    cls, seen = type(get_method(name)), []
+    original = cls.select
+    monkeypatch.setattr(cls, "select", lambda self, tokens, k, options: (
         seen.append(tokens.text), original(self, tokens, k, options))[1])
+    return seen
+
+
+def test_pre_llm_methods_see_the_instruction_after_the_image(engine, monkeypatch):
+    seen = texts_seen(monkeypatch, "cdpruner")
     red = tiny_reduction("cdpruner", 5, False)
     engine.generate([Request(PROMPT, [make_image(25)], reduction=red)], max_new_tokens=1)
     ids = engine.adapter.prepare(Request(PROMPT, [make_image(25)]), 0).input_ids
@@ -71,11 +76,7 @@ def test_pre_llm_methods_see_the_instruction_after_the_image(engine, monkeypatch
 def test_only_methods_conditioned_on_the_instruction_get_it(engine, monkeypatch):
     from restore.methods import get_method
 
-    divprune = get_method("divprune")
-    seen = []
-    original = type(divprune).select
-    monkeypatch.setattr(type(divprune), "select", lambda self, tokens, k, options: (
-        seen.append(tokens.text), original(self, tokens, k, options))[1])
+    seen = texts_seen(monkeypatch, "divprune")
     engine.generate([Request(PROMPT, [make_image(26)], reduction=tiny_reduction("divprune", 5, False))],
                     max_new_tokens=1)
     assert seen == [None]  # no host copy of the prompt for a method that does not read it
