@@ -51,7 +51,8 @@ access = logging.getLogger("pipelines.serve.access")
 
 API_KEY_ENV = "RESTORE_API_KEY"
 OPEN_ROUTES = {"/healthz", "/readyz"}
-REQUEST_ID = "x-request-id"
+
+
 class ApiError(Exception):
     """A client-facing error: status, message naming the field, `param`, `code`."""
 
