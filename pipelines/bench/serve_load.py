@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="auto")
     p.add_argument("--batching", default="static,continuous", help="modes to compare, comma separated")
     p.add_argument("--concurrency", default="4,16,32", help="client threads, comma separated")
-    p.add_argument("--requests", type=int, default=64, help="requests per level (bounded load)")
+    p.add_argument("--requests", type=int, default=192,
+                   help="requests per level (bounded load; fewer make the p95 a ramp-up and drain figure)")
     p.add_argument("--max-batch-size", type=int, default=8, help="static: requests per batch")
     p.add_argument("--max-running", type=int, default=32, help="continuous: requests decoding at once")
     p.add_argument("--max-batch-tokens", type=int, default=16384, help="continuous: cache tokens (part 1)")
