@@ -78,11 +78,16 @@ def http_options(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8
             "keep_alive_timeout_s": 15}
 
 
+# Serve's controller kills a proxy not ready within 5 s of its start, and `serve.start` fails with the dead actor
+# rather than waiting for the restarted one: on a busy machine `restore serve` failed 2 starts in 3 that way.
+PROXY_READY_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}
+
+
 def proxy_env() -> dict[str, str]:
     """Environment for the Ray processes (set before `ray.init` starts them): Serve's proxy wraps itself in
-    `proxy.ProxyMiddleware` (request ids, the error shape of its own 429/503). Ray 2.60 takes proxy middlewares
-    only from this variable (`http_options.middlewares` was removed)."""
-    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, **REPLICA_ENV}
+    `proxy.ProxyMiddleware` (request ids, the error shape of its own 429/503), and is given a minute to start.
+    Ray 2.60 takes proxy middlewares only from this variable (`http_options.middlewares` was removed)."""
+    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, **PROXY_READY_ENV, **REPLICA_ENV}
 
 
 # Several threads of a replica run torch ops (the scheduler, request preparation): OpenMP threads spinning after

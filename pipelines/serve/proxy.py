@@ -52,8 +52,9 @@ def set_header(scope, name: bytes, value: bytes) -> None:
 class ProxyMiddleware:
     """For the Serve proxy (`http_options.middlewares`, outermost, ahead of Serve's own request-id code, which
     decodes the header as UTF-8 and answered 500 on other bytes): a non-ASCII or odd X-Request-ID is replaced by a
-    fresh one; the proxy's own plain-text errors (backpressure 429, 503, 500, 408) are rewritten into the OpenAI
-    error shape, with ±25 % jitter on a Retry-After so rejected clients do not return in lockstep."""
+    fresh one, and answers carry it once; the proxy's own plain-text errors (backpressure 429, 503, 500, 408) are
+    rewritten into the OpenAI error shape, with ±25 % jitter on a Retry-After so rejected clients do not return in
+    lockstep."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -66,7 +67,9 @@ class ProxyMiddleware:
 
         async def send_(message):
             if message["type"] == "http.response.start":
-                headers = [(k.lower(), v) for k, v in message.get("headers", [])]
+                # The app and Serve's proxy both answer with the request's id: one header, not two.
+                headers = _once([(k.lower(), v) for k, v in message.get("headers", [])], b"x-request-id")
+                message = {**message, "headers": headers}
                 ctype = dict(headers).get(b"content-type", b"")
                 if message["status"] >= 400 and not ctype.startswith(b"application/json"):
                     rewrite["start"], rewrite["headers"] = message, headers
@@ -88,6 +91,18 @@ class ProxyMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_)
+
+
+def _once(headers: list, name: bytes) -> list:
+    seen = False
+    out = []
+    for k, v in headers:
+        if k == name:
+            if seen:
+                continue
+            seen = True
+        out.append((k, v))
+    return out
 
 
 def _jitter(value: bytes) -> bytes:

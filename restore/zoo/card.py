@@ -31,12 +31,13 @@ def render_card(model_dir: Path, result: dict, seed: int, n: int) -> str:
     v, t = config["vision_config"], config["text_config"]
     size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     params = _parameters(model_dir)
-    flags = recipe_flags(args)
+    stages = _stages(training)
     rows = "\n".join(f"| {k} | {val:.3f} |" for k, val in result["accuracy"].items())
     tail = log[-50:]
     lm = sum(e["lm"] for e in tail) / len(tail) if tail else float("nan")
     patch = sum(e["patch"] for e in tail) / len(tail) if tail else float("nan")
     minutes = log[-1]["seconds"] / 60 if log else float("nan")
+    earlier = sum(st.get("seconds") or 0.0 for st in stages[:-1]) / 60
     return f"""# restore default model
 
 A small multimodal model trained from scratch on `restore.zoo.world`, shipped so that
@@ -62,15 +63,14 @@ digits, cluttered grey backgrounds; clips of 4 frames in which shapes move. Ques
 {', '.join(world.QUESTION_TYPES)}, and captions that list every cell.
 
 ## Training
-`python -m restore.zoo.train {flags}`
+{_commands(stages)}
 
 Each scene is one conversation of several questions. Losses: answer-token cross-entropy (mean per
 answer), a per-patch classification loss on the tower (colour, shape, size, digit, object centre,
 row, column), and attention losses on the answering token: three heads of the first decoder layer read the
 words naming what is asked about, the same heads of layer {args.get('look_layer', '?')} look at the patches
 those words refer to; two training-only linear probes on that token make the named words reach the look layer and
-what it found (colour, shape, size, digit, row, column) reach its output.{_optional_parts(args)} {len(log)} steps in
-{minutes:.0f} min on this machine's {args.get('device', 'cpu').split(':')[0].upper()}; over the last 50 steps the answer
+what it found (colour, shape, size, digit, row, column) reach its output.{_optional_parts(args)} {_timing(stages, len(log), minutes, earlier, args)}; over the last 50 steps the answer
 loss averaged {lm:.3f} and the patch loss {patch:.3f}. `--checkpoint-dir DIR --resume` continues an interrupted run
 from its last checkpoint to the same weights.
 
@@ -118,18 +118,56 @@ V2_FLAGS = {
     "curriculum": "scenes of 2-3 shapes first, widening to 2-7",
     "blank_share": "scenes without shapes, so an empty picture is described as empty",
     "shape": "a larger decoder, within the 50 MB the shipped weights may weigh",
+    "relation_words": "head 3 of the first decoder layer reads a relation question's relation word, which the "
+                      "query probe asks for at the look layer",
+    "motion_compare": "the compare probe also asks where a moving shape ends from where it starts",
 }
-# A starting point for the retrain, not yet run: flags as `python -m restore.zoo.train` takes them.
-V2_PROPOSAL = ("--steps 6000 --relation-weight 1.0 --tally-weight 0.5 --kind-weights count=2,relation=2,glyph=1.5 "
-               "--curriculum 800 --blank-share 0.03 --clip-share 0.25 --checkpoint-dir CHECKPOINTS --resume")
+# The retrain for old weights: a second stage from them, flags as `python -m restore.zoo.train` takes them.
+V2_PROPOSAL = ("--init OLD_WEIGHTS --seed 1 --steps 2000 --lr 5e-4 --warmup 50 --relation-words --relation-weight 1.0 "
+               "--motion-compare --tally-weight 0.5 --kind-weights count=2,relation=3,glyph=1.5 --clip-share 0.25")
+
+
+def _stages(training: dict) -> list[dict]:
+    """The runs that made these weights, first to last: each {"args", "steps", "seconds"} (`--init` chains)."""
+    chain, node = [], training
+    while node:
+        chain.append(node)
+        node = node.get("init")
+    chain.reverse()
+    last = training.get("log", [])
+    return [{"args": n.get("args", {}), "steps": n.get("steps"), "seconds": n.get("seconds")} for n in chain[:-1]] + [
+        {"args": training.get("args", {}), "steps": len(last), "seconds": last[-1]["seconds"] if last else None}]
+
+
+def _commands(stages: list[dict]) -> str:
+    if len(stages) == 1:
+        return f"`python -m restore.zoo.train {recipe_flags(stages[0]['args'])}`"
+    lines = []
+    for i, st in enumerate(stages, 1):
+        args = {**st["args"], **({"init": f"STAGE{i - 1}"} if i > 1 else {})}
+        lines.append(f"{i}. `python -m restore.zoo.train {recipe_flags(args)} --out STAGE{i}`")
+    return f"In {len(stages)} stages, each starting from the weights of the one before (`--init`):\n\n" + "\n".join(lines)
+
+
+def _timing(stages: list[dict], steps: int, minutes: float, earlier: float, args: dict) -> str:
+    where = f"on this machine's {args.get('device', 'cpu').split(':')[0].upper()}"
+    if len(stages) == 1:
+        return f"{steps} steps in\n{minutes:.0f} min {where}"
+    before = sum(st.get("steps") or 0 for st in stages[:-1])
+    return (f"{before} + {steps} steps in {earlier:.0f} + {minutes:.0f} min\n({earlier + minutes:.0f} min) {where}; "
+            f"the last stage")
 
 
 def recipe_flags(args: dict) -> str:
     """The command-line flags that decide the weights (run-only ones such as --device or --out left out)."""
     from restore.zoo.train import RUN_ARGS
 
-    return " ".join(f"--{k.replace('_', '-')} {val}" for k, val in args.items()
-                    if k not in RUN_ARGS and val is not None and val != "")
+    flags = []
+    for k, val in args.items():
+        if k in RUN_ARGS or val is None or val == "" or val is False:
+            continue
+        flags.append(f"--{k.replace('_', '-')}" + ("" if val is True else f" {val}"))
+    return " ".join(flags)
 
 
 def _optional_parts(args: dict) -> str:
@@ -143,7 +181,7 @@ def _recipe_status(args: dict) -> str:
         return ""
     parts = "\n".join(f"- `--{k.replace('_', '-')}`: {V2_FLAGS[k]}" for k in missing)
     return (f"These weights predate the following recipe options; a retrain with them is pending:\n"
-            f"{parts}\n\nProposed starting point (not yet run): `python -m restore.zoo.train {V2_PROPOSAL}`.")
+            f"{parts}\n\nTo retrain them with the options, as a second stage: `python -m restore.zoo.train {V2_PROPOSAL}`.")
 
 
 def _prompt_examples() -> str:

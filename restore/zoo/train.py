@@ -157,16 +157,24 @@ def look_targets(scene: world.Scene, labels, kind: str, question: str, answer: s
 DESCRIPTIVE = set(world.COLOURS) | set(world.SHAPES) | set(world.PLURALS.values()) | set(world.SIZES)
 
 
-def gather_targets(kind: str, question: str, answer: str) -> list[tuple[int, int, str, list[int]]]:
+RELATION_WORDS = sorted({w for rel in world.RELATIONS for w in rel.split()})
+
+
+def gather_targets(kind: str, question: str, answer: str,
+                   relation_words: bool = False) -> list[tuple[int, int, str, list[int]]]:
     """The words the answering token must read first: what names the shapes (or the place) asked about.
 
-    Heads 0-2 of the first decoder layer gather them, so that the look layer's queries carry them."""
+    Heads 0-2 of the first decoder layer gather them, so that the look layer's queries carry them. With
+    `relation_words`, head 3 also gathers a relation question's relation word ("left of", "above", ...)."""
     words = question.split()
     if kind == "caption":
         return [(j + 1, 0, "answer", idx) for j, idx in caption_cells(answer)]
     if kind == "relation":
         first, second = [2, 3], [len(words) - 3, len(words) - 2]
-        return [(0, 0, "question", first + second), (0, 1, "question", first), (0, 2, "question", second)]
+        out = [(0, 0, "question", first + second), (0, 1, "question", first), (0, 2, "question", second)]
+        if relation_words:
+            out.append((0, 3, "question", list(range(4, len(words) - 4))))
+        return out
     if kind == "motion":
         name = [4, 5]
         return [(0, h, "question", name) for h in range(3)]
@@ -179,6 +187,12 @@ def _sign(x: float) -> int:
     return (x > 0) - (x < 0)
 
 
+def _order(a: world.Obj, b: world.Obj) -> np.ndarray:
+    """Column order and row order of `a` from `b` by cell (0 left of / above, 1 same, 2 right of / below)."""
+    (ar, ac), (br, bc) = (divmod(world.PLACES.index(o.place), 3) for o in (a, b))
+    return np.array([_sign(ac - bc) + 1, _sign(ar - br) + 1])
+
+
 def probe_targets(scene: world.Scene, kind: str, question: str) -> dict[str, np.ndarray]:
     """What the optional probes read at the answering token (see `RelationHead` and `TallyHead`).
 
@@ -189,8 +203,7 @@ def probe_targets(scene: world.Scene, kind: str, question: str) -> dict[str, np.
         words = question.split()
         a = next(o for o in scene.objects if o.name == " ".join(words[2:4]))
         b = next(o for o in scene.objects if o.name == " ".join(words[-3:-1]))
-        (ar, ac), (br, bc) = (divmod(world.PLACES.index(o.place), 3) for o in (a, b))
-        return {"compare": np.array([_sign(ac - bc) + 1, _sign(ar - br) + 1])}
+        return {"compare": _order(a, b)}
     if kind == "count":
         objs = scene.objects
         return {"tally": np.array([sum(o.colour == c for o in objs) for c in world.COLOUR_NAMES]
@@ -199,9 +212,9 @@ def probe_targets(scene: world.Scene, kind: str, question: str) -> dict[str, np.
 
 
 def image_conversation(rng: random.Random, turns: int, objects: tuple[int, int] = (2, 7),
-                       weights: list[float] | None = None) -> Conversation:
+                       weights: list[float] | None = None, relation_words: bool = False) -> Conversation:
     """One scene of `objects` shapes and up to `turns` distinct questions, of kinds drawn with `weights`
-    (over `IMAGE_KINDS`; None: uniform)."""
+    (over `IMAGE_KINDS`; None: uniform); `relation_words` as in `gather_targets`."""
     scene = world.random_scene(rng, objects)
     labels = world.patch_labels(scene)
     out: list[Turn] = []
@@ -212,12 +225,15 @@ def image_conversation(rng: random.Random, turns: int, objects: tuple[int, int] 
         qa = world.ask(scene, kind, rng)
         if qa is None or any(t.question == qa[0] for t in out):
             continue
-        out.append(Turn(*qa, look_targets(scene, labels, kind, *qa), gather_targets(kind, *qa),
+        out.append(Turn(*qa, look_targets(scene, labels, kind, *qa), gather_targets(kind, *qa, relation_words),
                         probe_targets(scene, kind, qa[0])))
     return Conversation([world.render(scene)], [labels], out)
 
 
-def clip_conversation(rng: random.Random, frames: int) -> Conversation:
+def clip_conversation(rng: random.Random, frames: int, motion_compare: bool = False) -> Conversation:
+    """A clip with a motion question about each moving shape. With `motion_compare`, each turn also asks the
+    compare probe where the shape ends from where it starts (column and row order of its centre in the last
+    frame from the first, as `_order` does for a relation's two shapes)."""
     clip = world.random_clip(rng, frames)
     labels = [world.patch_labels(f) for f in clip.frames]
     names = sorted(clip.moves)
@@ -229,22 +245,29 @@ def clip_conversation(rng: random.Random, frames: int) -> Conversation:
         last = np.concatenate([np.zeros_like(m) for m in per_frame[:-1]] + [per_frame[-1]])
         looks = [(0, 0, np.concatenate(per_frame)), (0, 1, first), (0, 2, last)]
         q, a = world.motion_question(clip, name)
-        out.append(Turn(q, a, looks, gather_targets("motion", q, a)))
+        probes = {}
+        if motion_compare:
+            end, start = (next(o for o in f.objects if o.name == name) for f in (clip.frames[-1], clip.frames[0]))
+            # by pixels: a move of 18-24 px often stays within one cell
+            probes["compare"] = np.array([_sign(end.cx - start.cx) + 1, _sign(end.cy - start.cy) + 1])
+        out.append(Turn(q, a, looks, gather_targets("motion", q, a), probes))
     return Conversation(world.render_clip(clip), labels, out)
 
 
 def sample_batch(rng: random.Random, clip: bool, images: int = 8, turns: int = 6, frames: int = 4,
-                 objects: tuple[int, int] = (2, 7), weights: list[float] | None = None, blank_share: float = 0.0):
+                 objects: tuple[int, int] = (2, 7), weights: list[float] | None = None, blank_share: float = 0.0,
+                 relation_words: bool = False, motion_compare: bool = False):
     """Conversations for one step: `images` scenes, or clips holding about as many frames.
 
     `objects` bounds the shapes per scene (a curriculum narrows it early on), `weights` the question
-    kinds; a `blank_share` of the scenes hold no shape at all (every answer "zero", "no" or "empty")."""
+    kinds; a `blank_share` of the scenes hold no shape at all (every answer "zero", "no" or "empty");
+    `relation_words` and `motion_compare` as in `gather_targets` and `clip_conversation`."""
     if clip:
-        return [clip_conversation(rng, frames) for _ in range(max(1, images // frames))]
+        return [clip_conversation(rng, frames, motion_compare) for _ in range(max(1, images // frames))]
     out = []
     for _ in range(images):
         blank = blank_share > 0 and rng.random() < blank_share  # draws nothing when off: the stream stays the same
-        out.append(image_conversation(rng, turns, (0, 0) if blank else objects, weights))
+        out.append(image_conversation(rng, turns, (0, 0) if blank else objects, weights, relation_words))
     return out
 
 
@@ -647,16 +670,25 @@ def train(args) -> Path | None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model, processor = architecture.build(args.seed, shape_overrides(args.shape))
+    init_record = None
+    if args.init:  # a later stage: the weights of an earlier run, the probes fresh
+        from transformers import LlavaForConditionalGeneration
+
+        model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(args.init, dtype=torch.float32).state_dict())
+        record = Path(args.init) / "training.json"
+        init_record = json.loads(record.read_text()) if record.exists() else {}
+        earlier = init_record.pop("log", [])
+        init_record.update(steps=len(earlier), seconds=earlier[-1]["seconds"] if earlier else None)
     model.to(device).train()
     size = sum(p.numel() for p in model.parameters()) * 4
     logger.info("model: %.2f M parameters, %.1f MiB in float32", size / 4e6, size / 2**20)
     if size > 50 * 2**20:
         logger.warning("the model is over the 50 MiB the shipped default model may weigh")
     text = model.config.text_config.hidden_size
-    naming = sorted(DESCRIPTIVE | set(" ".join(world.PLACES).split()))
+    naming = sorted(DESCRIPTIVE | set(" ".join(world.PLACES).split()) | set(RELATION_WORDS if args.relation_words else ()))
     probes = nn.ModuleDict({
         "patch": PatchHeads(model.config.vision_config.hidden_size),
-        "query": QueryHead(text, processor.tokenizer.convert_tokens_to_ids(naming)),
+        "query": QueryHead(text, processor.tokenizer.convert_tokens_to_ids(naming), heads=4 if args.relation_words else 3),
         "readout": ReadoutHead(text),
     })
     for name, (_, cls) in PROBES.items():
@@ -713,7 +745,8 @@ def train(args) -> Path | None:
         clip = rng.random() < args.clip_share
         batch = sample_batch(rng, clip, images=args.images, turns=args.turns, frames=args.frames,
                              objects=scene_objects(step, args.curriculum), weights=weights,
-                             blank_share=args.blank_share)
+                             blank_share=args.blank_share, relation_words=args.relation_words,
+                             motion_compare=args.motion_compare)
         parts = losses(model, probes, processor, batch, device, args.look_layer, args.probe_layer)
         loss = parts["lm"] + sum(getattr(args, LOSS_WEIGHTS[k]) * v for k, v in parts.items() if k != "lm")
         opt.zero_grad(set_to_none=True)
@@ -729,7 +762,7 @@ def train(args) -> Path | None:
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             entry["eval"] = quick_eval(model, processor, args.eval_seed, args.eval_n)
             logger.info("step %d: %s", step + 1, json.dumps(entry["eval"]))
-            save(model, processor, out, args, log + [entry])
+            save(model, processor, out, args, log + [entry], init_record)
         log.append(entry)
         if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and step + 1 < stop:
             checkpoint(step + 1)
@@ -738,7 +771,7 @@ def train(args) -> Path | None:
         checkpoint(stop)
         logger.info("stopped after step %d of %d; rerun with --resume to continue", stop, args.steps)
         return None
-    save(model, processor, out, args, log)
+    save(model, processor, out, args, log, init_record)
     checkpoint(stop)
     if args.card_n:
         from restore.zoo.card import write_card
@@ -747,11 +780,16 @@ def train(args) -> Path | None:
     return out
 
 
-def save(model, processor, out: Path, args, log) -> None:
+def save(model, processor, out: Path, args, log, init: dict | None = None) -> None:
+    """The model folder; `training.json` holds this run's arguments and log and, after `--init`, the
+    arguments, step count and seconds of the run(s) it continued (their logs stay with them)."""
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
-    (out / "training.json").write_text(json.dumps({"args": vars(args), "log": log}, indent=1))
+    record = {"args": vars(args), "log": log}
+    if init is not None:
+        record["init"] = init
+    (out / "training.json").write_text(json.dumps(record, indent=1))
 
 
 def main(argv=None) -> int:
@@ -786,6 +824,13 @@ def main(argv=None) -> int:
                    help="share of training scenes without any shape (answers 'zero', 'no', 'empty')")
     p.add_argument("--shape", default="",
                    help="architecture overrides, e.g. 'text_width=256,text_depth=6' (keys of architecture.SHAPE)")
+    p.add_argument("--relation-words", action="store_true",
+                   help="head 3 of the first decoder layer gathers a relation question's relation word, and the query "
+                        "probe asks for it at the look layer")
+    p.add_argument("--motion-compare", action="store_true",
+                   help="the compare probe (--relation-weight) also asks where a moving shape ends from where it starts")
+    p.add_argument("--init", default="",
+                   help="start from this model folder's weights (a later stage of training; probes start fresh)")
     p.add_argument("--clip-share", type=float, default=0.2, help="share of steps that train on clips")
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -802,18 +847,25 @@ def main(argv=None) -> int:
     p.add_argument("--stop-after", type=int, default=0,
                    help="stop after this step, checkpointed, to continue later with --resume (0: run to --steps)")
     args = p.parse_args(argv)
-    depth = architecture.SHAPE["text_depth"]
+    shape = architecture.SHAPE
     try:
-        depth = int({**architecture.SHAPE, **shape_overrides(args.shape)}["text_depth"])
+        shape = {**architecture.SHAPE, **shape_overrides(args.shape)}
         kind_weights(args.kind_weights)
     except ValueError as err:
         p.error(str(err))
+    depth = int(shape["text_depth"])
     if not 1 <= args.look_layer < depth:
         p.error(f"--look-layer must be in 1..{depth - 1} (layer 0 gathers the question words)")
     if args.probe_layer is None:
         args.probe_layer = min(args.look_layer + 2, depth)
     if not 1 <= args.probe_layer <= depth:
         p.error(f"--probe-layer must be in 1..{depth} (a hidden state after a decoder layer)")
+    if args.motion_compare and not args.relation_weight > 0:
+        p.error("--motion-compare trains the compare probe: give it a --relation-weight above 0")
+    if args.relation_words and shape["text_heads"] < 4:
+        p.error("--relation-words needs a fourth head in the first decoder layer (text_heads >= 4)")
+    if args.init and not (Path(args.init) / "config.json").is_file():
+        p.error(f"--init {args.init}: not a model folder (no config.json)")
     if args.resume and not args.checkpoint_dir:
         p.error("--resume needs --checkpoint-dir")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -399,7 +399,8 @@ def ask(scene: Scene, kind: str, rng: random.Random) -> tuple[str, str] | None:
     raise ValueError(f"unknown question type {kind!r}; known: {', '.join(QUESTION_TYPES + ['caption'])}")
 
 
-_RELATIONS = {
+# relation phrase -> whether it holds of (first shape, second shape)
+RELATIONS = {
     "left of": lambda a, b: a.cx < b.cx, "right of": lambda a, b: a.cx > b.cx,
     "above": lambda a, b: a.cy < b.cy, "below": lambda a, b: a.cy > b.cy,
 }
@@ -407,16 +408,16 @@ _RELATIONS = {
 
 def _relation(objs, rng: random.Random):
     """Only pairs in different columns (left/right) or rows (above/below): never a borderline answer."""
-    rel = rng.choice(list(_RELATIONS))
+    rel = rng.choice(list(RELATIONS))
     horizontal = rel in ("left of", "right of")
     pairs = [(a, b) for a in objs for b in objs if a is not b
              and (_col(a) != _col(b) if horizontal else _row(a) != _row(b))]
     if not pairs:
         return None
     want = rng.random() < 0.5
-    matching = [(a, b) for a, b in pairs if _RELATIONS[rel](a, b) == want]
+    matching = [(a, b) for a, b in pairs if RELATIONS[rel](a, b) == want]
     a, b = rng.choice(matching or pairs)
-    answer = "yes" if _RELATIONS[rel](a, b) else "no"
+    answer = "yes" if RELATIONS[rel](a, b) else "no"
     return f"is the {a.name} {rel} the {b.name} ?", answer
 
 

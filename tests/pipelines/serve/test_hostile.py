@@ -259,12 +259,20 @@ def test_proxy_middleware_shapes_the_proxys_own_errors_and_request_ids():
     async def echo(request):
         return PlainTextResponse(request.headers["x-request-id"])
 
-    c = TestClient(ProxyMiddleware(Starlette(routes=[Route("/shed", shed), Route("/echo", echo)])))
+    async def twice(request):  # what Serve's proxy sends on: the app's header and its own
+        rid = request.headers["x-request-id"]
+        r = PlainTextResponse(rid, headers={"X-Request-ID": rid})
+        r.raw_headers.append((b"x-request-id", rid.encode()))
+        return r
+
+    c = TestClient(ProxyMiddleware(Starlette(routes=[Route("/shed", shed), Route("/echo", echo), Route("/twice", twice)])))
     r = c.get("/shed")
     is_error(r, 429)
     assert 3 <= int(r.headers["retry-after"]) <= 5 and r.json()["error"]["type"] == "rate_limit_error"
     r = c.get("/echo", headers=[("x-request-id", b"\xed\xb3\xbf")])
     assert r.status_code == 200 and len(r.text) == 32
+    r = c.get("/twice", headers={"X-Request-ID": "abc123"})
+    assert r.headers.get_list("x-request-id") == ["abc123"] and r.text == "abc123"
 
 
 def test_the_proxy_callback_imports_no_model_stack():

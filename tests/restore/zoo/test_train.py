@@ -51,9 +51,28 @@ def test_resume_refuses_a_checkpoint_of_another_recipe(tmp_path):
         run("--out", str(tmp_path / "m"), "--checkpoint-dir", str(ckpt), "--resume", "--lr", "0.01")
 
 
-def test_bad_flags_are_named(capsys):
+def test_a_later_stage_starts_from_the_earlier_weights_and_records_their_recipe(tmp_path):
+    run("--out", str(tmp_path / "first"))
+    stage = ["--out", str(tmp_path / "second"), "--init", str(tmp_path / "first"), "--relation-words", "--motion-compare"]
+    with_init, fresh = tmp_path / "second", tmp_path / "fresh"
+    run(*stage, "--steps", "1", "--lr", "1e-9", "--warmup", "1")
+    run("--out", str(fresh), "--steps", "1", "--lr", "1e-9", "--warmup", "1")
+    first, second = weights(tmp_path / "first"), weights(with_init)
+    # at a vanishing learning rate one step moves no weight measurably off its start
+    assert all(torch.allclose(first[k], second[k], atol=1e-6) for k in first)
+    assert not all(torch.allclose(first[k], weights(fresh)[k], atol=1e-6) for k in first)
+    record = json.loads((with_init / "training.json").read_text())
+    assert record["args"]["init"] == str(tmp_path / "first") and record["init"]["args"]["steps"] == 4
+    assert "log" not in record["init"] and record["init"]["steps"] == 4 and record["init"]["seconds"] > 0
+    assert [e["step"] for e in record["log"]] == [1]
+
+
+def test_bad_flags_are_named(capsys, tmp_path):
     for flags, message in [(["--kind-weights", "colour=2"], "--kind-weights"), (["--shape", "width=3"], "--shape"),
-                           (["--resume"], "--checkpoint-dir"), (["--probe-layer", "9"], "--probe-layer")]:
+                           (["--resume"], "--checkpoint-dir"), (["--probe-layer", "9"], "--probe-layer"),
+                           (["--init", str(tmp_path)], "--init"),
+                           (["--motion-compare", "--relation-weight", "0"], "--relation-weight"),
+                           (["--relation-words", "--shape", "text_heads=3"], "text_heads")]:
         with pytest.raises(SystemExit):
             train.main([*SMALL, *flags])
         assert message in capsys.readouterr().err
@@ -71,6 +90,30 @@ def test_probe_targets_are_exact():
     assert colours == {"red": 2, "green": 0, "blue": 1, "yellow": 0, "purple": 0, "orange": 0}
     assert shapes == {"circle": 1, "square": 1, "triangle": 1, "cross": 0}
     assert train.probe_targets(HAND, "position", "where is the red circle ?") == {}
+
+
+def test_relation_words_are_gathered_by_the_fourth_head():
+    for q, rel in [("is the red circle left of the blue triangle ?", ["left", "of"]),
+                   ("is the red circle below the blue triangle ?", ["below"])]:
+        words = q.split()
+        heads = {head: [words[i] for i in idx] for _, head, _, idx in train.gather_targets("relation", q, "no", True)}
+        assert heads[3] == rel and heads[1] == ["red", "circle"] and heads[2] == ["blue", "triangle"]
+        assert 3 not in {head for _, head, *_ in train.gather_targets("relation", q, "no")}
+    convs = train.sample_batch(random.Random(3), False, images=4, turns=6, weights=train.kind_weights("relation=5"),
+                               relation_words=True)
+    assert any(g[1] == 3 for c in convs for t in c.turns for g in t.gathers)
+
+
+def test_motion_compare_targets_follow_the_move():
+    expected = {"left": [0, 1], "right": [2, 1], "up": [1, 0], "down": [1, 2]}
+    seen = set()
+    for conv in train.sample_batch(random.Random(11), True, images=40, frames=4, motion_compare=True):
+        for t in conv.turns:
+            assert t.probes["compare"].tolist() == expected[t.answer]
+            seen.add(t.answer)
+    assert seen == set(expected)
+    off = train.sample_batch(random.Random(11), True, images=8, frames=4)
+    assert all(t.probes == {} for c in off for t in c.turns)
 
 
 def test_every_relation_and_count_turn_carries_its_probe_target():

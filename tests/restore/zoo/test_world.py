@@ -87,7 +87,7 @@ def test_relation_answers_follow_geometry():
         rel = next(r for r in ("left of", "right of", "above", "below") if f" {r} " in q)
         first = next(o for o in HAND.objects if q.startswith(f"is the {o.name} "))
         second = next(o for o in HAND.objects if q.endswith(f"the {o.name} ?") and o is not first)
-        assert a == ("yes" if world._RELATIONS[rel](first, second) else "no")
+        assert a == ("yes" if world.RELATIONS[rel](first, second) else "no")
 
 
 def test_motion_answers_match_the_frames():
