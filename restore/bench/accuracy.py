@@ -106,6 +106,7 @@ def run(args) -> dict:
         record = {
             "method": s["method"], "budget": s["budget"], "restore": s["restore"],
             "accuracy": res["accuracy"], "caption_f1": res["caption_f1"], "average": res["average"],
+            "average_se": res["average_se"],
             "relative": res["average"] / full["average"] if full["average"] else 0.0,
             "kept_tokens": kept,
             "layer": cfg.layer, "options": cfg.options,
@@ -130,7 +131,9 @@ def table(report: dict) -> str:
     for r in report["results"]:
         cell.setdefault((r["method"], r["budget"]), []).append(r)
     head = "| method | " + " | ".join(f"{b}/{n}" for b in budgets) + " |"
-    lines = [f"Full model ({n} tokens): average {report['full']['average']:.3f}", "", head,
+    se = [r["average_se"] for r in report["results"] if "average_se" in r]
+    spread = f"; standard error of a cell's average {min(se):.3f}–{max(se):.3f}" if se else ""
+    lines = [f"Full model ({n} tokens): average {report['full']['average']:.3f}{spread}", "", head,
              "|---|" + "---|" * len(budgets)]
     for m in methods:
         row = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -41,7 +42,9 @@ def answer(engine, items: list[world.Item], reduction: ReductionConfig | None = 
 
 
 def score(items: list[world.Item], predictions: list[str]) -> dict:
-    """{"accuracy": {type: float}, "caption_f1": float | None, "average": float} over the types present."""
+    """{"accuracy": {type: float}, "caption_f1": float | None, "average": float, "average_se": float} over the
+    types present. `average_se` is the standard error of the average: the types' item sets are independent, so
+    the squared standard errors of their means add, divided by the number of types squared."""
     hits: dict[str, list[float]] = defaultdict(list)
     for it, pred in zip(items, predictions, strict=True):
         if it.type == "caption":
@@ -51,7 +54,18 @@ def score(items: list[world.Item], predictions: list[str]) -> dict:
     accuracy = {t: sum(v) / len(v) for t, v in hits.items() if t != "caption"}
     f1 = sum(hits["caption"]) / len(hits["caption"]) if hits.get("caption") else None
     parts = list(accuracy.values()) + ([f1] if f1 is not None else [])
-    return {"accuracy": accuracy, "caption_f1": f1, "average": sum(parts) / len(parts) if parts else 0.0}
+    variance = sum(_mean_variance(v) for v in hits.values())
+    return {"accuracy": accuracy, "caption_f1": f1, "average": sum(parts) / len(parts) if parts else 0.0,
+            "average_se": math.sqrt(variance) / len(parts) if parts else 0.0}
+
+
+def _mean_variance(values: list[float]) -> float:
+    """The variance of the mean of `values` (sample variance / n; 0 for fewer than two)."""
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    return sum((x - mean) ** 2 for x in values) / (n - 1) / n
 
 
 def evaluate(engine, items: list[world.Item], reduction: ReductionConfig | None = None, batch_size: int = 16) -> dict:
