@@ -70,7 +70,7 @@ answer), a per-patch classification loss on the tower (colour, shape, size, digi
 row, column), and attention losses on the answering token: three heads of the first decoder layer read the
 words naming what is asked about, the same heads of layer {args.get('look_layer', '?')} look at the patches
 those words refer to; two training-only linear probes on that token make the named words reach the look layer and
-what it found (colour, shape, size, digit, row, column) reach its output.{_optional_parts(args)} {_timing(stages, len(log), minutes, earlier, args)}; over the last 50 steps the answer
+what it found (colour, shape, size, digit, row, column) reach its output.{_optional_parts(args)} {_timing(stages, len(log), minutes, earlier, args)}; over the last 50 steps{" of the last stage" if len(stages) > 1 else ""} the answer
 loss averaged {lm:.3f} and the patch loss {patch:.3f}. `--checkpoint-dir DIR --resume` continues an interrupted run
 from its last checkpoint to the same weights.
 
@@ -154,8 +154,7 @@ def _timing(stages: list[dict], steps: int, minutes: float, earlier: float, args
     if len(stages) == 1:
         return f"{steps} steps in\n{minutes:.0f} min {where}"
     before = sum(st.get("steps") or 0 for st in stages[:-1])
-    return (f"{before} + {steps} steps in {earlier:.0f} + {minutes:.0f} min\n({earlier + minutes:.0f} min) {where}; "
-            f"the last stage")
+    return f"{before} + {steps} steps in {earlier:.0f} + {minutes:.0f} min\n({earlier + minutes:.0f} min) {where}"
 
 
 def recipe_flags(args: dict) -> str:

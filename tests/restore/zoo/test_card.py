@@ -18,8 +18,9 @@ def folder_with(tmp_path, args: dict, init: dict | None = None):
 
 
 def test_card_of_weights_older_than_the_recipe_options_says_a_retrain_is_pending(tmp_path):
-    shipped = json.loads((DEFAULT_MODEL_DIR / "training.json").read_text())["args"]
-    text = card.render_card(folder_with(tmp_path, shipped), RESULT, 4321, 100)
+    # the first shipped weights: the first stage of today's
+    first = json.loads((DEFAULT_MODEL_DIR / "training.json").read_text())["init"]["args"]
+    text = card.render_card(folder_with(tmp_path, first), RESULT, 4321, 100)
     assert "a retrain with them is pending" in text and "`--relation-weight`" in text
     assert "| What is in this picture? | `describe the image .` |" in text
     assert "--device" not in text.split("## Training")[1].split("\n\n")[0]  # run-only flags are not the recipe
