@@ -33,8 +33,13 @@ Options aimed at the types the first shipped weights missed (all off by default)
   (`RelationHead`): the look heads bring both places, this asks for their comparison;
 - `--tally-weight`: a probe at the answering token of count questions must state how many shapes of
   each colour and of each shape the scene holds (`TallyHead`);
+- `--relation-words`: head 3 of the first decoder layer gathers a relation question's relation word
+  (the probe's order alone left relation at chance: the answer needs both);
+- `--motion-compare`: the relation probe also asks where a moving shape ends from where it starts;
 - `--kind-weights` (more of some question kinds), `--curriculum` (scenes of 2-3 shapes first),
-  `--blank-share` (scenes without shapes), `--shape` (a larger model).
+  `--blank-share` (scenes without shapes), `--shape` (a larger model);
+- `--init DIR`: start from a model folder's weights, as a later stage of a staged recipe (the shipped
+  model is two stages: the first recipe, then these options from its weights).
 
 Runs are resumable: with `--checkpoint-dir`, `latest.pt` (model, probes, optimizer, step, the learning
 rate's step, RNG states, log) is replaced atomically every `--checkpoint-every` steps; `--resume`
