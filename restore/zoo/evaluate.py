@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -61,11 +62,7 @@ def score(items: list[world.Item], predictions: list[str]) -> dict:
 
 def _mean_variance(values: list[float]) -> float:
     """The variance of the mean of `values` (sample variance / n; 0 for fewer than two)."""
-    n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    return sum((x - mean) ** 2 for x in values) / (n - 1) / n
+    return statistics.variance(values) / len(values) if len(values) > 1 else 0.0
 
 
 def evaluate(engine, items: list[world.Item], reduction: ReductionConfig | None = None, batch_size: int = 16) -> dict:
