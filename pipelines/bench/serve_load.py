@@ -36,7 +36,8 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+
+from restore.bench.report import write_report
 
 # Several threads run torch ops in a replica (the scheduler, request preparation): OpenMP threads that spin
 # after each parallel region steal the cores the scheduler needs (measured: encode and prefill 4-10x slower).
@@ -223,9 +224,6 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"model": args.model, "reduction": reduction, "requests": args.requests,
               "ignore_eos": not args.stop_at_eos, "batching": rows,
               "cache": {"max_batch_tokens": args.cache_tokens, "concurrency": max(levels), "results": cache_rows}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve.json").write_text(json.dumps(report, indent=2))
     lines = ["| batching | concurrency | ok | req/s | short p50 ms | short p95 ms | all p95 ms | running mean (max) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -239,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
         for r in cache_rows:
             lines.append(f"| {r['setting']} | {r['kept_tokens']:.0f} | {r['mean_running']:.1f} ({r['max_running']}) "
                          f"| {r['requests_per_s']:.2f} |")
-    (out / "serve.md").write_text("\n".join(lines) + "\n")
+    write_report(args.out, "serve", report, "\n".join(lines))
     print("\n".join(lines))
     return report
 

@@ -14,7 +14,6 @@ same JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from restore.bench.plots import budget_curves
+from restore.bench.report import write_report
 from restore.config import ReductionConfig, RestoreConfig
 from restore.methods import available, get_method
 from restore.plan import fit_layers
@@ -220,11 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
         return real_main(rest)
     args = parse_args(argv)
     report = run(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy.json").write_text(json.dumps(report, indent=2))
     md = table(report)
-    (out / "accuracy.md").write_text(md + "\n")
+    out = write_report(args.out, "accuracy", report, md)
     plot(report, out / "accuracy.png")
     print(md)
     return report

@@ -18,13 +18,12 @@ outputs on real rows. A program, not a test: prints a table, writes JSON and Mar
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from restore.bench.report import write_report
 from restore.rectify.calibration import RopeSpec
 from restore.runtime.attention import ForwardContext
 from restore.runtime.flex import bias_tables, flex_biased_attention
@@ -124,11 +123,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(r)
             print(f"batch {batch:>3} {r['setting']:<9} L={r['tokens']:<4} mask {r['mask_ms']:.3f} ms  dense "
                   f"{r['dense_ms']:.3f} ms  flex {r['flex_ms']:.3f} ms  diff {r['max_abs_diff']:.2e}", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     report = {"device": args.device, "dtype": args.dtype, "heads": args.heads, "head_dim": args.head_dim,
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None, "results": rows}
-    (out / "attention.json").write_text(json.dumps(report, indent=2))
     lines = [f"{report['gpu'] or args.device}, {args.dtype}, {args.heads} heads x {args.head_dim}, median of "
              f"{args.runs} runs", "",
              "| batch | visual tokens | keys | mask build ms | dense SDPA ms | flex ms | dense / flex | max abs diff |",
@@ -136,7 +132,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for r in rows:
         lines.append(f"| {r['batch']} | {r['setting']} | {r['tokens']} | {r['mask_ms']:.3f} | {r['dense_ms']:.3f} | "
                      f"{r['flex_ms']:.3f} | {r['flex_over_dense']:.2f} | {r['max_abs_diff']:.2e} |")
-    (out / "attention.md").write_text("\n".join(lines) + "\n")
+    write_report(args.out, "attention", report, "\n".join(lines))
     print("\n".join(lines))
     return rows
 

@@ -13,13 +13,12 @@ alternate A B B A so that drift in a shared machine's speed hits both alike. Pri
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import statistics
 import time
-from pathlib import Path
 
+from restore.bench.report import write_report
 from restore.config import ReductionConfig
 from restore.prompts import DEFAULT_CAPTION_PROMPTS
 from restore.request import Request
@@ -129,10 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                    args.rounds)})
     report = {"model": args.model, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
               "rounds": args.rounds, "torch_threads": torch.get_num_threads(), "results": results}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "batching.json").write_text(json.dumps(report, indent=2))
-    (out / "batching.md").write_text(table(report) + "\n")
+    write_report(args.out, "batching", report, table(report))
     print(table(report))
     return report
 

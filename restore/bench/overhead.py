@@ -15,14 +15,13 @@ on the last token is included once. Medians of `--runs` runs after a warm-up.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaModel
 
+from restore.bench.report import write_report
 from restore.config import RestoreConfig
 from restore.methods import get_method
 from restore.rectify.anchors import restore_assignment
@@ -136,9 +135,6 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": args.runs,
         "results": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "overhead.json").write_text(json.dumps(report, indent=2))
     header = "| budget | L | anchors+assign ms | merge ms | bias ms | RESTORE ms | 7B prefill ms (est.) | overhead |"
     lines = [header, "|" + "---|" * 8]
     for r in rows:
@@ -148,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{100 * r['overhead_fraction']:.2f}% |"
         )
     table = "\n".join(lines)
-    (out / "overhead.md").write_text(table + "\n")
+    write_report(args.out, "overhead", report, table)
     print(f"RESTORE around {args.method} on 576 x 4096 visual features, {torch.get_num_threads()} threads")
     print(table)
     return report

@@ -27,7 +27,6 @@ import argparse
 import ctypes
 import ctypes.util
 import gc
-import json
 import logging
 import os
 import platform
@@ -40,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from restore.bench.report import write_report
 from restore.config import ReductionConfig, RestoreConfig
 from restore.engine import Engine, resolve_dtype
 from restore.flops import prefill_flops
@@ -507,16 +507,13 @@ def _main(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "results": rows,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps(report, indent=2))
     where = f"{dev.type} ({device_name}, {threads} threads)" if dev.type == "cpu" else f"{device_name}"
     title = (
         f"{name} scale {scale:g} ({shapes['layers']} layers x {shapes['hidden']}), {report['dtype']}, {where}, "
         f"median of {_runs_text(args.runs)} runs, {args.max_new_tokens} new tokens"
     )
     md = table(rows)
-    (out / "speed.md").write_text(f"{title}\n\n{md}\n")
+    out = write_report(args.out, "speed", report, f"{title}\n\n{md}")
     plot(rows, out / "speed.png", title)
     print(title)
     print(md)
