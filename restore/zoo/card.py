@@ -121,10 +121,17 @@ V2_FLAGS = {
     "relation_words": "head 3 of the first decoder layer reads a relation question's relation word, which the "
                       "query probe asks for at the look layer",
     "motion_compare": "the compare probe also asks where a moving shape ends from where it starts",
+    "count_look": "at count questions head 3 of the look layer spreads evenly over the counted shapes (an equal "
+                  "share each) and the first token, and a probe on its output states the count",
 }
-# The retrain for old weights: a second stage from them, flags as `python -m restore.zoo.train` takes them.
-V2_PROPOSAL = ("--init OLD_WEIGHTS --seed 1 --steps 2000 --lr 5e-4 --warmup 50 --relation-words --relation-weight 1.0 "
-               "--motion-compare --tally-weight 0.5 --kind-weights count=2,relation=3,glyph=1.5 --clip-share 0.25")
+# The retrain for old weights: later stages from them, flags as `python -m restore.zoo.train` takes them.
+V2_PROPOSAL = [
+    "--init OLD_WEIGHTS --seed 1 --steps 2000 --lr 5e-4 --warmup 50 --relation-words --relation-weight 1.0 "
+    "--motion-compare --tally-weight 0.5 --kind-weights count=2,relation=3,glyph=1.5 --clip-share 0.25 --out STAGE2",
+    "--init STAGE2 --seed 2 --steps 1200 --lr 3e-4 --warmup 30 --relation-words --relation-weight 1.0 "
+    "--motion-compare --tally-weight 0.5 --count-look --kind-weights count=3,relation=2,glyph=1.5,existence=1.5 "
+    "--clip-share 0.2",
+]
 
 
 def _stages(training: dict) -> list[dict]:
@@ -180,7 +187,8 @@ def _recipe_status(args: dict) -> str:
         return ""
     parts = "\n".join(f"- `--{k.replace('_', '-')}`: {V2_FLAGS[k]}" for k in missing)
     return (f"These weights predate the following recipe options; a retrain with them is pending:\n"
-            f"{parts}\n\nTo retrain them with the options, as a second stage: `python -m restore.zoo.train {V2_PROPOSAL}`.")
+            f"{parts}\n\nTo retrain them with the options, as later stages:\n\n"
+            + "\n".join(f"{i}. `python -m restore.zoo.train {flags}`" for i, flags in enumerate(V2_PROPOSAL, 1)))
 
 
 def _prompt_examples() -> str:

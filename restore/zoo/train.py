@@ -36,10 +36,15 @@ Options aimed at the types the first shipped weights missed (all off by default)
 - `--relation-words`: head 3 of the first decoder layer gathers a relation question's relation word
   (the probe's order alone left relation at chance: the answer needs both);
 - `--motion-compare`: the relation probe also asks where a moving shape ends from where it starts;
+- `--count-look`: at count questions head 3 of the look layer spreads evenly over the counted shapes
+  (an equal share each, whatever their size) and the sequence's first token, the sink, and a probe
+  on the look layer's output must state the count (`CountHead`): the sink's share, 1/(n+1), is the
+  count;
 - `--kind-weights` (more of some question kinds), `--curriculum` (scenes of 2-3 shapes first),
   `--blank-share` (scenes without shapes), `--shape` (a larger model);
 - `--init DIR`: start from a model folder's weights, as a later stage of a staged recipe (the shipped
-  model is two stages: the first recipe, then these options from its weights).
+  model is three stages: the first recipe, then the relation, motion and tally options, then
+  `--count-look`, each from the weights of the one before).
 
 Runs are resumable: with `--checkpoint-dir`, `latest.pt` (model, probes, optimizer, step, the learning
 rate's step, RNG states, log) is replaced atomically every `--checkpoint-every` steps; `--resume`
@@ -112,6 +117,9 @@ class Turn:
     gathers: list[tuple[int, int, str, list[int]]] = field(default_factory=list)
     # targets of the optional probes at the token that predicts the first answer word (`probe_targets`)
     probes: dict[str, np.ndarray] = field(default_factory=dict)
+    # (index of the answer token being predicted, head, weight per visual token): looks that must spread
+    # evenly over these patches and the sink (`count_looks`)
+    spreads: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
 
 
 @dataclass
@@ -159,6 +167,22 @@ def look_targets(scene: world.Scene, labels, kind: str, question: str, answer: s
     return looks
 
 
+COUNT_HEAD = 3
+
+
+def count_looks(scene: world.Scene, labels: dict[str, np.ndarray], question: str) -> list[tuple[int, int, np.ndarray]]:
+    """The spread look of a count question: head `COUNT_HEAD` of the look layer on each counted shape, weight 1
+    per shape shared evenly over its patches (and 1 on the sink, which `spread_loss` adds). An average over the
+    shapes says what they are like whatever their number; with a share per shape beside the sink's, the
+    sink's share is 1/(n+1). A shape's patches, not its centre patch: after 400 steps the tower still found
+    the centre patch among its top guesses a third of the time, while what covers a patch it knows."""
+    weights = np.zeros(TOKENS, dtype=np.float32)
+    for i in world.referents(scene, question):
+        mask = _mask(labels, {i})
+        weights += mask / max(mask.sum(), 1.0)
+    return [(0, COUNT_HEAD, weights)]
+
+
 DESCRIPTIVE = set(world.COLOURS) | set(world.SHAPES) | set(world.PLURALS.values()) | set(world.SIZES)
 
 
@@ -198,12 +222,13 @@ def _order(a: world.Obj, b: world.Obj) -> np.ndarray:
     return np.array([_sign(ac - bc) + 1, _sign(ar - br) + 1])
 
 
-def probe_targets(scene: world.Scene, kind: str, question: str) -> dict[str, np.ndarray]:
-    """What the optional probes read at the answering token (see `RelationHead` and `TallyHead`).
+def probe_targets(scene: world.Scene, kind: str, question: str, count_look: bool = False) -> dict[str, np.ndarray]:
+    """What the optional probes read at the answering token (see `RelationHead`, `TallyHead`, `CountHead`).
 
     relation: where the first named shape is from the second, by cell: column order (0 left of, 1 same
     column, 2 right of) and row order (0 above, 1 same row, 2 below); the answer follows from these and the
-    relation word. count: how many shapes of each colour, then of each shape, the scene holds."""
+    relation word. count: how many shapes of each colour, then of each shape, the scene holds (tally) and,
+    with `count_look`, how many the question counts."""
     if kind == "relation":
         words = question.split()
         a = next(o for o in scene.objects if o.name == " ".join(words[2:4]))
@@ -211,15 +236,20 @@ def probe_targets(scene: world.Scene, kind: str, question: str) -> dict[str, np.
         return {"compare": _order(a, b)}
     if kind == "count":
         objs = scene.objects
-        return {"tally": np.array([sum(o.colour == c for o in objs) for c in world.COLOUR_NAMES]
-                                  + [sum(o.shape == s for o in objs) for s in world.SHAPES])}
+        out = {"tally": np.array([sum(o.colour == c for o in objs) for c in world.COLOUR_NAMES]
+                                 + [sum(o.shape == s for o in objs) for s in world.SHAPES])}
+        if count_look:
+            out["count"] = np.array([len(world.referents(scene, question))])
+        return out
     return {}
 
 
 def image_conversation(rng: random.Random, turns: int, objects: tuple[int, int] = (2, 7),
-                       weights: list[float] | None = None, relation_words: bool = False) -> Conversation:
+                       weights: list[float] | None = None, relation_words: bool = False,
+                       count_look: bool = False) -> Conversation:
     """One scene of `objects` shapes and up to `turns` distinct questions, of kinds drawn with `weights`
-    (over `IMAGE_KINDS`; None: uniform); `relation_words` as in `gather_targets`."""
+    (over `IMAGE_KINDS`; None: uniform); `relation_words` as in `gather_targets`; with `count_look`, count
+    questions carry `count_looks` and the count probe's target."""
     scene = world.random_scene(rng, objects)
     labels = world.patch_labels(scene)
     out: list[Turn] = []
@@ -230,8 +260,9 @@ def image_conversation(rng: random.Random, turns: int, objects: tuple[int, int] 
         qa = world.ask(scene, kind, rng)
         if qa is None or any(t.question == qa[0] for t in out):
             continue
+        spreads = count_looks(scene, labels, qa[0]) if count_look and kind == "count" else []
         out.append(Turn(*qa, look_targets(scene, labels, kind, *qa), gather_targets(kind, *qa, relation_words),
-                        probe_targets(scene, kind, qa[0])))
+                        probe_targets(scene, kind, qa[0], count_look), spreads))
     return Conversation([world.render(scene)], [labels], out)
 
 
@@ -261,18 +292,19 @@ def clip_conversation(rng: random.Random, frames: int, motion_compare: bool = Fa
 
 def sample_batch(rng: random.Random, clip: bool, images: int = 8, turns: int = 6, frames: int = 4,
                  objects: tuple[int, int] = (2, 7), weights: list[float] | None = None, blank_share: float = 0.0,
-                 relation_words: bool = False, motion_compare: bool = False):
+                 relation_words: bool = False, motion_compare: bool = False, count_look: bool = False):
     """Conversations for one step: `images` scenes, or clips holding about as many frames.
 
     `objects` bounds the shapes per scene (a curriculum narrows it early on), `weights` the question
     kinds; a `blank_share` of the scenes hold no shape at all (every answer "zero", "no" or "empty");
-    `relation_words` and `motion_compare` as in `gather_targets` and `clip_conversation`."""
+    `relation_words`, `motion_compare` and `count_look` as in `gather_targets`, `clip_conversation` and
+    `image_conversation`."""
     if clip:
         return [clip_conversation(rng, frames, motion_compare) for _ in range(max(1, images // frames))]
     out = []
     for _ in range(images):
         blank = blank_share > 0 and rng.random() < blank_share  # draws nothing when off: the stream stays the same
-        out.append(image_conversation(rng, turns, (0, 0) if blank else objects, weights, relation_words))
+        out.append(image_conversation(rng, turns, (0, 0) if blank else objects, weights, relation_words, count_look))
     return out
 
 
@@ -282,13 +314,15 @@ def _render(processor, messages, generation: bool) -> str:
     return processor.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False)
 
 
-def encode(processor, convs: list[Conversation], tokens_per_image: int = TOKENS, probes: list | None = None):
+def encode(processor, convs: list[Conversation], tokens_per_image: int = TOKENS, probes: list | None = None,
+           spreads: list | None = None):
     """input_ids and labels (answers + </s>) right-padded, the turn of every label, looks and gathers.
 
     Each conversation is rendered turn by turn with the chat template, so its first prompt is exactly
     what inference sends. Looks are (row, query position, head, weight over the row's visual tokens);
     gathers are (row, query position, head, positions of the words to read). When `probes` is a list,
-    (row, query position, probe name, target) entries are appended to it."""
+    (row, query position, probe name, target) entries are appended to it, and when `spreads` is, (row, query
+    position, head, weight over the row's visual tokens) entries."""
     tok = processor.tokenizer
     image_token = processor.image_token
     seqs, targets, turn_of, looks, gathers = [], [], [], [], []
@@ -317,6 +351,8 @@ def encode(processor, convs: list[Conversation], tokens_per_image: int = TOKENS,
                         for j, head, src, idx in t.gathers]
             if probes is not None:
                 probes += [(row, start - 1, name, target) for name, target in t.probes.items()]
+            if spreads is not None:
+                spreads += [(row, start - 1 + j, head, mask) for j, head, mask in t.spreads]
             messages.append({"role": "assistant", "content": t.answer})
             turn_id += 1
         seqs.append(ids)
@@ -356,8 +392,11 @@ def _where(entries, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tuple(torch.tensor([e[k] for e in entries], device=device) for k in range(3))
 
 
-def attention_loss(model, hidden_in: torch.Tensor, layer: int, entries, target_of) -> torch.Tensor:
-    """-log of the attention mass each supervised (row, position, head) puts on its target, averaged.
+def attention_loss(model, hidden_in: torch.Tensor, layer: int, entries, target_of,
+                   spread: bool = False) -> torch.Tensor:
+    """-log of the attention mass each supervised (row, position, head) puts on its target, averaged; with
+    `spread`, the cross-entropy from the target weights (normalised) to the attention instead, so that the
+    mass is also shared out as the weights say.
 
     `target_of(i, entry, probs_row)` fills the target weights of entry i in place."""
     if not entries:
@@ -367,6 +406,16 @@ def attention_loss(model, hidden_in: torch.Tensor, layer: int, entries, target_o
     target = torch.zeros_like(probs)
     for i, e in enumerate(entries):
         target_of(i, e, target[i])
+    return attention_objective(probs, target, spread)
+
+
+def attention_objective(probs: torch.Tensor, target: torch.Tensor, spread: bool = False) -> torch.Tensor:
+    """-log of the mass `probs` (Q, T) put on `target`'s weights, averaged over queries; with `spread`, the
+    cross-entropy from the normalised target to `probs`: its least value is the target's entropy, reached only
+    when the attention is the target."""
+    if spread:
+        target = target / target.sum(-1, keepdim=True)
+        return -(target * probs.clamp(min=1e-9).log()).sum(-1).mean()
     return -(probs * target).sum(-1).clamp(min=1e-6).log().mean()
 
 
@@ -378,6 +427,17 @@ def look_loss(model, hidden_in: torch.Tensor, layer: int, ids: torch.Tensor, loo
         row_target[visual[entry[0]].nonzero()[:, 0]] = torch.from_numpy(entry[3]).to(row_target.device)
 
     return attention_loss(model, hidden_in, layer, looks, fill)
+
+
+def spread_loss(model, hidden_in: torch.Tensor, layer: int, ids: torch.Tensor, spreads, image_id: int) -> torch.Tensor:
+    """Attention spread evenly over the target patches and the row's first token, the sink (`count_looks`)."""
+    visual = ids == image_id
+
+    def fill(_, entry, row_target):
+        row_target[visual[entry[0]].nonzero()[:, 0]] = torch.from_numpy(entry[3]).to(row_target.device)
+        row_target[0] = 1.0
+
+    return attention_loss(model, hidden_in, layer, spreads, fill, spread=True)
 
 
 class QueryHead(nn.Module):
@@ -486,7 +546,18 @@ class TallyHead(_AnswerProbe):
         super().__init__(width, len(world.COLOUR_NAMES) + len(world.SHAPES), len(world.NUMBERS))
 
 
-PROBES = {"relation": ("compare", RelationHead), "tally": ("tally", TallyHead)}
+class CountHead(_AnswerProbe):
+    """How many shapes a count question counts (0-8), read linearly from the look layer's output at the
+    answering token, where `count_looks` put the sink's share 1/(n+1). Training-only: the spread look alone
+    shapes where the head looks, not whether its value path carries the share."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(width, 1, len(world.NUMBERS))
+
+
+# probe name -> (target name in `probe_targets`, class); "count" reads the look layer's output, the others
+# the hidden state `--probe-layer`
+PROBES = {"relation": ("compare", RelationHead), "tally": ("tally", TallyHead), "count": ("count", CountHead)}
 
 
 def gather_loss(model, hidden_in: torch.Tensor, gathers) -> torch.Tensor:
@@ -500,8 +571,9 @@ def gather_loss(model, hidden_in: torch.Tensor, gathers) -> torch.Tensor:
 
 def losses(model, probes: nn.ModuleDict, processor, convs: list[Conversation], device, look_layer: int,
            probe_layer: int) -> dict[str, torch.Tensor]:
-    """Every loss of one step, by name: "lm" (answers), "patch", "look", "query", "readout", and one per
-    optional probe in `probes` ("relation", "tally"), read at hidden state `probe_layer`."""
+    """Every loss of one step, by name: "lm" (answers), "patch", "look", "query", "readout", one per optional
+    probe in `probes` ("relation", "tally" at hidden state `probe_layer`, "count" at the look layer's output)
+    and, with the count probe, "spread" (`spread_loss`)."""
     pics = [im for c in convs for im in c.images]
     pixels = processor.image_processor(pics, return_tensors="pt")["pixel_values"].to(device)
     out = model.model.get_image_features(
@@ -513,7 +585,8 @@ def losses(model, probes: nn.ModuleDict, processor, convs: list[Conversation], d
     feats = torch.cat(list(out.pooler_output))
 
     extra: list = []
-    ids, targets, turn_of, looks, gathers = encode(processor, convs, TOKENS, probes=extra)
+    spreads: list = []
+    ids, targets, turn_of, looks, gathers = encode(processor, convs, TOKENS, probes=extra, spreads=spreads)
     ids, targets, turn_of = ids.to(device), targets.to(device), turn_of.to(device)
     image_id = model.config.image_token_id
     embeds = model.get_input_embeddings()(ids)
@@ -523,6 +596,8 @@ def losses(model, probes: nn.ModuleDict, processor, convs: list[Conversation], d
     )
     look = look_loss(model, hidden.hidden_states[look_layer], look_layer, ids, looks, image_id)
     result["look"] = look + gather_loss(model, hidden.hidden_states[0], gathers)
+    if "count" in probes:
+        result["spread"] = spread_loss(model, hidden.hidden_states[look_layer], look_layer, ids, spreads, image_id)
     result["query"] = probes["query"](hidden.hidden_states[look_layer], ids, gathers)
     # Per conversation row, the patch labels of its visual tokens in sequence order (its images in turn).
     per_row, start = [], 0
@@ -533,7 +608,8 @@ def losses(model, probes: nn.ModuleDict, processor, convs: list[Conversation], d
     result["readout"] = probes["readout"](hidden.hidden_states[look_layer + 1], looks, per_row)
     for name, (target, _) in PROBES.items():
         if name in probes:
-            result[name] = probes[name](hidden.hidden_states[probe_layer], [e for e in extra if e[2] == target])
+            layer = look_layer + 1 if name == "count" else probe_layer
+            result[name] = probes[name](hidden.hidden_states[layer], [e for e in extra if e[2] == target])
     # Only answer positions need logits: predict token t+1 from position t; average per answer, then over answers.
     tgt, owner = targets[:, 1:], turn_of[:, 1:]
     where = tgt != -100
@@ -567,7 +643,7 @@ def quick_eval(model, processor, seed: int, n: int) -> dict[str, float]:
 RUN_ARGS = {"out", "device", "threads", "eval_every", "eval_n", "eval_seed", "card_n", "checkpoint_dir",
             "checkpoint_every", "resume", "stop_after"}
 LOSS_WEIGHTS = {"patch": "aux_weight", "look": "look_weight", "query": "query_weight", "readout": "readout_weight",
-                "relation": "relation_weight", "tally": "tally_weight"}
+                "relation": "relation_weight", "tally": "tally_weight", "count": "count_weight", "spread": "count_weight"}
 
 
 def recipe(args) -> dict:
@@ -699,7 +775,7 @@ def train(args) -> Path | None:
         "readout": ReadoutHead(text),
     })
     for name, (_, cls) in PROBES.items():
-        if getattr(args, LOSS_WEIGHTS[name]) > 0:
+        if getattr(args, LOSS_WEIGHTS[name]) > 0 and (name != "count" or args.count_look):
             probes[name] = cls(text)
     probes.to(device)
     params = [p for m in (model, probes) for p in m.parameters()]
@@ -753,7 +829,7 @@ def train(args) -> Path | None:
         batch = sample_batch(rng, clip, images=args.images, turns=args.turns, frames=args.frames,
                              objects=scene_objects(step, args.curriculum), weights=weights,
                              blank_share=args.blank_share, relation_words=args.relation_words,
-                             motion_compare=args.motion_compare)
+                             motion_compare=args.motion_compare, count_look=args.count_look)
         parts = losses(model, probes, processor, batch, device, args.look_layer, args.probe_layer)
         loss = parts["lm"] + sum(getattr(args, LOSS_WEIGHTS[k]) * v for k, v in parts.items() if k != "lm")
         opt.zero_grad(set_to_none=True)
@@ -836,6 +912,11 @@ def main(argv=None) -> int:
                         "probe asks for it at the look layer")
     p.add_argument("--motion-compare", action="store_true",
                    help="the compare probe (--relation-weight) also asks where a moving shape ends from where it starts")
+    p.add_argument("--count-look", action="store_true",
+                   help="at count questions head 3 of the look layer spreads over the counted shapes (equal shares) "
+                        "and the first token, and a probe on its output states the count (weight --count-weight)")
+    p.add_argument("--count-weight", type=float, default=1.0,
+                   help="weight of the spread look and the count probe of --count-look")
     p.add_argument("--init", default="",
                    help="start from this model folder's weights (a later stage of training; probes start fresh)")
     p.add_argument("--clip-share", type=float, default=0.2, help="share of steps that train on clips")
@@ -871,6 +952,8 @@ def main(argv=None) -> int:
         p.error("--motion-compare trains the compare probe: give it a --relation-weight above 0")
     if args.relation_words and shape["text_heads"] < 4:
         p.error("--relation-words needs a fourth head in the first decoder layer (text_heads >= 4)")
+    if args.count_look and shape["text_heads"] <= COUNT_HEAD:
+        p.error(f"--count-look needs head {COUNT_HEAD} in the look layer (text_heads >= {COUNT_HEAD + 1})")
     if args.init and not (Path(args.init) / "config.json").is_file():
         p.error(f"--init {args.init}: not a model folder (no config.json)")
     if args.resume and not args.checkpoint_dir:

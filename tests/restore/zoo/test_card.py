@@ -19,9 +19,11 @@ def folder_with(tmp_path, args: dict, init: dict | None = None):
 
 def test_card_of_weights_older_than_the_recipe_options_says_a_retrain_is_pending(tmp_path):
     # the first shipped weights: the first stage of today's
-    first = json.loads((DEFAULT_MODEL_DIR / "training.json").read_text())["init"]["args"]
+    first = card._stages(json.loads((DEFAULT_MODEL_DIR / "training.json").read_text()))[0]["args"]
     text = card.render_card(folder_with(tmp_path, first), RESULT, 4321, 100)
-    assert "a retrain with them is pending" in text and "`--relation-weight`" in text
+    assert "a retrain with them is pending" in text and "`--relation-weight`" in text and "`--count-look`" in text
+    assert "1. `python -m restore.zoo.train --init OLD_WEIGHTS" in text
+    assert "2. `python -m restore.zoo.train --init STAGE2" in text and text.count("--count-look") == 2
     assert "| What is in this picture? | `describe the image .` |" in text
     assert "--device" not in text.split("## Training")[1].split("\n\n")[0]  # run-only flags are not the recipe
     assert "relation 0.50 (target 0.90)" in text and "count" not in text.split("Below the project's target")[1]
@@ -30,7 +32,7 @@ def test_card_of_weights_older_than_the_recipe_options_says_a_retrain_is_pending
 def test_card_of_a_v2_run_names_the_options_it_used(tmp_path):
     v2 = {"seed": 0, "steps": 10, "relation_weight": 1.0, "tally_weight": 0.5, "kind_weights": "count=2",
           "curriculum": 0, "blank_share": 0.0, "shape": "", "device": "cuda", "out": "/x", "resume": True,
-          "checkpoint_dir": "/ckpt", "threads": 1, "relation_words": False, "motion_compare": False}
+          "checkpoint_dir": "/ckpt", "threads": 1, "relation_words": False, "motion_compare": False, "count_look": False}
     text = card.render_card(folder_with(tmp_path, v2), RESULT, 4321, 100)
     assert "pending" not in text
     assert "compare" not in text and "column and row order" in text and "tallies" in text

@@ -15,7 +15,7 @@ from tests.helpers.scenes import HAND
 # Every optional part of the recipe on, at a size that runs in seconds on one CPU thread.
 SMALL = ["--steps", "4", "--warmup", "2", "--images", "1", "--turns", "4", "--clip-share", "0.4", "--threads", "1",
          "--eval-every", "0", "--card-n", "0", "--relation-weight", "1", "--tally-weight", "1",
-         "--kind-weights", "count=3,relation=3", "--curriculum", "3", "--blank-share", "0.3"]
+         "--kind-weights", "count=3,relation=3", "--curriculum", "3", "--blank-share", "0.3", "--count-look"]
 
 
 def run(*extra: str) -> None:
@@ -32,13 +32,13 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     run("--out", str(tmp_path / "resumed"), "--checkpoint-dir", str(ckpt), "--checkpoint-every", "1", "--stop-after", "2")
     assert not (tmp_path / "resumed").exists() and (ckpt / "latest.pt").exists()
     state = torch.load(ckpt / "latest.pt", weights_only=True)
-    assert state["step"] == 2 and len(state["log"]) == 2 and {"relation", "tally"} <= {k.split(".")[0] for k in state["probes"]}
+    assert state["step"] == 2 and len(state["log"]) == 2 and {"relation", "tally", "count"} <= {k.split(".")[0] for k in state["probes"]}
     assert not list(ckpt.glob("*.tmp"))
     run("--out", str(tmp_path / "resumed"), "--checkpoint-dir", str(ckpt), "--resume")
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = json.loads((tmp_path / "resumed" / "training.json").read_text())["log"]
-    assert [e["step"] for e in log] == [1, 2, 3, 4] and {"relation", "tally", "lm"} <= log[-1].keys()
+    assert [e["step"] for e in log] == [1, 2, 3, 4] and {"relation", "tally", "count", "spread", "lm"} <= log[-1].keys()
     # a retrain ships the shipped model's tokenizer (normaliser included) and chat template
     for name in ("tokenizer.json", "chat_template.jinja"):
         assert (tmp_path / "resumed" / name).read_text() == (DEFAULT_MODEL_DIR / name).read_text()
@@ -72,7 +72,8 @@ def test_bad_flags_are_named(capsys, tmp_path):
                            (["--resume"], "--checkpoint-dir"), (["--probe-layer", "9"], "--probe-layer"),
                            (["--init", str(tmp_path)], "--init"),
                            (["--motion-compare", "--relation-weight", "0"], "--relation-weight"),
-                           (["--relation-words", "--shape", "text_heads=3"], "text_heads")]:
+                           (["--relation-words", "--shape", "text_heads=3"], "text_heads"),
+                           (["--count-look", "--shape", "text_heads=3"], "--count-look")]:
         with pytest.raises(SystemExit):
             train.main([*SMALL, *flags])
         assert message in capsys.readouterr().err
@@ -145,3 +146,57 @@ def test_progress_bar_without_tqdm_logs(caplog):
         bar.update(1)
         bar.update(1)
     assert "train 3/3" in caplog.text and "lm=1.000" in caplog.text
+
+
+def test_a_count_look_gives_each_counted_shape_an_equal_share_whatever_its_size():
+    labels = world.patch_labels(HAND)
+    item = labels["item"].reshape(-1)
+    for question, items in [("how many red shapes are there ?", {0, 1}), ("how many triangles are there ?", {2}),
+                            ("how many green shapes are there ?", set())]:
+        [(j, head, weights)] = train.count_looks(HAND, labels, question)
+        assert (j, head) == (0, train.COUNT_HEAD) and weights.sum() == pytest.approx(len(items))
+        assert set(item[weights > 0] - 1) == items
+        for i in items:  # the large red circle and the small red square weigh the same in all
+            assert weights[item == i + 1].sum() == pytest.approx(1.0)
+            assert np.ptp(weights[item == i + 1]) == 0
+        assert train.probe_targets(HAND, "count", question, count_look=True)["count"].tolist() == [len(items)]
+    assert (item == 1).sum() > 2 * (item == 2).sum()
+    assert "count" not in train.probe_targets(HAND, "count", "how many triangles are there ?")
+
+
+def test_the_spread_objective_is_least_at_the_target_and_the_mass_objective_is_unchanged():
+    target = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0]])
+    even = target / 3
+    at_target = train.attention_objective(even, target, spread=True)
+    assert at_target.item() == pytest.approx(np.log(3), abs=1e-6)  # the target's entropy
+    # all the mass on the target but shared out unevenly: the mass objective is content, the spread one is not
+    lopsided = torch.tensor([[0.8, 0.0, 0.1, 0.1, 0.0]])
+    assert train.attention_objective(lopsided, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert train.attention_objective(lopsided, target, spread=True) > at_target + 0.3
+    assert train.attention_objective(torch.full((1, 5), 0.2), target).item() == pytest.approx(-np.log(0.6))
+
+
+def test_count_turns_carry_spread_looks_at_the_answering_token():
+    convs = train.sample_batch(random.Random(7), False, images=6, turns=6, weights=train.kind_weights("count=6"),
+                               count_look=True)
+    turns = [t for c in convs for t in c.turns]
+    assert any(t.spreads for t in turns)
+    for t in turns:
+        assert bool(t.spreads) == t.question.startswith("how many") == ("count" in t.probes)
+        if t.spreads:
+            assert round(t.spreads[0][2].sum()) == world.NUMBERS.index(t.answer) == t.probes["count"][0]
+    spreads: list = []
+    processor = _processor()
+    _, targets, _, _, _ = train.encode(processor, convs, spreads=spreads)
+    assert len(spreads) == sum(len(t.spreads) for t in turns)
+    for row, pos, head, _ in spreads:
+        # the last prompt token, which predicts the count
+        assert head == train.COUNT_HEAD and targets[row, pos] == -100
+        assert processor.tokenizer.decode([int(targets[row, pos + 1])]) in world.NUMBERS
+
+
+def _processor():
+    from restore.zoo import architecture
+
+    return architecture.build()[1]
+
