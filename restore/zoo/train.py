@@ -172,9 +172,9 @@ COUNT_HEAD = 3
 
 def count_looks(scene: world.Scene, labels: dict[str, np.ndarray], question: str) -> list[tuple[int, int, np.ndarray]]:
     """The spread look of a count question: head `COUNT_HEAD` of the look layer on each counted shape, weight 1
-    per shape shared evenly over its patches (and 1 on the sink, which `spread_loss` adds). An average over the
-    shapes says what they are like whatever their number; with a share per shape beside the sink's, the
-    sink's share is 1/(n+1). A shape's patches, not its centre patch: after 400 steps the tower still found
+    per shape shared evenly over its patches (and 1 on the sink, which `look_loss` adds with `spread`). An
+    average over the shapes says what they are like whatever their number; with a share per shape beside the
+    sink's, the sink's share is 1/(n+1). A shape's patches, not its centre patch: after 400 steps the tower still found
     the centre patch among its top guesses a third of the time, while what covers a patch it knows."""
     weights = np.zeros(TOKENS, dtype=np.float32)
     for i in world.referents(scene, question):
@@ -419,25 +419,18 @@ def attention_objective(probs: torch.Tensor, target: torch.Tensor, spread: bool 
     return -(probs * target).sum(-1).clamp(min=1e-6).log().mean()
 
 
-def look_loss(model, hidden_in: torch.Tensor, layer: int, ids: torch.Tensor, looks, image_id: int) -> torch.Tensor:
-    """Attention onto the patches a question is about (weights over the row's visual tokens)."""
+def look_loss(model, hidden_in: torch.Tensor, layer: int, ids: torch.Tensor, looks, image_id: int,
+              spread: bool = False) -> torch.Tensor:
+    """Attention onto the patches a question is about (weights over the row's visual tokens); with `spread`,
+    spread as the weights say over them and the row's first token, the sink (`count_looks`)."""
     visual = ids == image_id
 
     def fill(_, entry, row_target):
         row_target[visual[entry[0]].nonzero()[:, 0]] = torch.from_numpy(entry[3]).to(row_target.device)
+        if spread:
+            row_target[0] = 1.0
 
-    return attention_loss(model, hidden_in, layer, looks, fill)
-
-
-def spread_loss(model, hidden_in: torch.Tensor, layer: int, ids: torch.Tensor, spreads, image_id: int) -> torch.Tensor:
-    """Attention spread evenly over the target patches and the row's first token, the sink (`count_looks`)."""
-    visual = ids == image_id
-
-    def fill(_, entry, row_target):
-        row_target[visual[entry[0]].nonzero()[:, 0]] = torch.from_numpy(entry[3]).to(row_target.device)
-        row_target[0] = 1.0
-
-    return attention_loss(model, hidden_in, layer, spreads, fill, spread=True)
+    return attention_loss(model, hidden_in, layer, looks, fill, spread=spread)
 
 
 class QueryHead(nn.Module):
@@ -573,7 +566,7 @@ def losses(model, probes: nn.ModuleDict, processor, convs: list[Conversation], d
            probe_layer: int) -> dict[str, torch.Tensor]:
     """Every loss of one step, by name: "lm" (answers), "patch", "look", "query", "readout", one per optional
     probe in `probes` ("relation", "tally" at hidden state `probe_layer`, "count" at the look layer's output)
-    and, with the count probe, "spread" (`spread_loss`)."""
+    and, with the count probe, "spread" (`look_loss` with `spread`)."""
     pics = [im for c in convs for im in c.images]
     pixels = processor.image_processor(pics, return_tensors="pt")["pixel_values"].to(device)
     out = model.model.get_image_features(
@@ -597,7 +590,8 @@ def losses(model, probes: nn.ModuleDict, processor, convs: list[Conversation], d
     look = look_loss(model, hidden.hidden_states[look_layer], look_layer, ids, looks, image_id)
     result["look"] = look + gather_loss(model, hidden.hidden_states[0], gathers)
     if "count" in probes:
-        result["spread"] = spread_loss(model, hidden.hidden_states[look_layer], look_layer, ids, spreads, image_id)
+        result["spread"] = look_loss(model, hidden.hidden_states[look_layer], look_layer, ids, spreads, image_id,
+                                     spread=True)
     result["query"] = probes["query"](hidden.hidden_states[look_layer], ids, gathers)
     # Per conversation row, the patch labels of its visual tokens in sequence order (its images in turn).
     per_row, start = [], 0

@@ -200,3 +200,22 @@ def _processor():
 
     return architecture.build()[1]
 
+
+
+def test_right_padded_rows_need_no_padding_mask():
+    # `losses` runs the text model without a padding mask: under causal attention no real token sees a pad after it
+    from restore.zoo import architecture
+
+    model, processor = architecture.build()
+    convs = train.sample_batch(random.Random(3), False, images=2, turns=3)
+    convs[1].turns = convs[1].turns[:1]  # a shorter second row, padded on the right
+    ids, *_ = train.encode(processor, convs)
+    real = ids != processor.tokenizer.pad_token_id
+    assert not real[1].all()
+    embeds = torch.randn(*ids.shape, model.config.text_config.hidden_size)
+    lm = model.model.language_model.eval()
+    with torch.no_grad():
+        masked = lm(inputs_embeds=embeds, attention_mask=real.long()).last_hidden_state
+        unmasked = lm(inputs_embeds=embeds).last_hidden_state
+    torch.testing.assert_close(unmasked[real], masked[real], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(unmasked[~real], masked[~real])
