@@ -123,6 +123,8 @@ V2_FLAGS = {
     "motion_compare": "the compare probe also asks where a moving shape ends from where it starts",
     "count_look": "at count questions head 3 of the look layer spreads evenly over the counted shapes (an equal "
                   "share each) and the first token, and a probe on its output states the count",
+    "count_high": "a share of the count questions ask about the scene's most frequent colour or shape, whose "
+                  "answers of three and more the world's own questions seldom give",
 }
 # The retrain for old weights: later stages from them, flags as `python -m restore.zoo.train` takes them.
 V2_PROPOSAL = [

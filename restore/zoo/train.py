@@ -244,12 +244,26 @@ def probe_targets(scene: world.Scene, kind: str, question: str, count_look: bool
     return {}
 
 
+def most_counted(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
+    """The count question with the largest answer: how many of the scene's most frequent colour, or shape."""
+    objs = list(scene.objects)
+    if rng.random() < 0.5:
+        tally = {c: sum(o.colour == c for o in objs) for c in world.COLOUR_NAMES}
+        colour = rng.choice([c for c, k in tally.items() if k == max(tally.values())])
+        return f"how many {colour} shapes are there ?", world.NUMBERS[tally[colour]]
+    tally = {sh: sum(o.shape == sh for o in objs) for sh in world.SHAPES}
+    shape = rng.choice([sh for sh, k in tally.items() if k == max(tally.values())])
+    return f"how many {world.PLURALS[shape]} are there ?", world.NUMBERS[tally[shape]]
+
+
 def image_conversation(rng: random.Random, turns: int, objects: tuple[int, int] = (2, 7),
                        weights: list[float] | None = None, relation_words: bool = False,
-                       count_look: bool = False) -> Conversation:
+                       count_look: bool = False, count_high: float = 0.0) -> Conversation:
     """One scene of `objects` shapes and up to `turns` distinct questions, of kinds drawn with `weights`
     (over `IMAGE_KINDS`; None: uniform); `relation_words` as in `gather_targets`; with `count_look`, count
-    questions carry `count_looks` and the count probe's target."""
+    questions carry `count_looks` and the count probe's target; a `count_high` share of the count questions
+    ask about the most frequent colour or shape (`most_counted`), where the world's own questions mostly
+    have one or two for an answer."""
     scene = world.random_scene(rng, objects)
     labels = world.patch_labels(scene)
     out: list[Turn] = []
@@ -257,7 +271,9 @@ def image_conversation(rng: random.Random, turns: int, objects: tuple[int, int] 
         if len(out) == turns:
             break
         kind = rng.choices(IMAGE_KINDS, weights)[0] if weights else rng.choice(IMAGE_KINDS)
-        qa = world.ask(scene, kind, rng)
+        # draws nothing when off: the stream stays the same
+        high = kind == "count" and count_high > 0 and rng.random() < count_high
+        qa = most_counted(scene, rng) if high else world.ask(scene, kind, rng)
         if qa is None or any(t.question == qa[0] for t in out):
             continue
         spreads = count_looks(scene, labels, qa[0]) if count_look and kind == "count" else []
@@ -292,19 +308,21 @@ def clip_conversation(rng: random.Random, frames: int, motion_compare: bool = Fa
 
 def sample_batch(rng: random.Random, clip: bool, images: int = 8, turns: int = 6, frames: int = 4,
                  objects: tuple[int, int] = (2, 7), weights: list[float] | None = None, blank_share: float = 0.0,
-                 relation_words: bool = False, motion_compare: bool = False, count_look: bool = False):
+                 relation_words: bool = False, motion_compare: bool = False, count_look: bool = False,
+                 count_high: float = 0.0):
     """Conversations for one step: `images` scenes, or clips holding about as many frames.
 
     `objects` bounds the shapes per scene (a curriculum narrows it early on), `weights` the question
     kinds; a `blank_share` of the scenes hold no shape at all (every answer "zero", "no" or "empty");
-    `relation_words`, `motion_compare` and `count_look` as in `gather_targets`, `clip_conversation` and
-    `image_conversation`."""
+    `relation_words`, `motion_compare`, `count_look` and `count_high` as in `gather_targets`,
+    `clip_conversation` and `image_conversation`."""
     if clip:
         return [clip_conversation(rng, frames, motion_compare) for _ in range(max(1, images // frames))]
     out = []
     for _ in range(images):
         blank = blank_share > 0 and rng.random() < blank_share  # draws nothing when off: the stream stays the same
-        out.append(image_conversation(rng, turns, (0, 0) if blank else objects, weights, relation_words, count_look))
+        out.append(image_conversation(rng, turns, (0, 0) if blank else objects, weights, relation_words, count_look,
+                                      count_high))
     return out
 
 
@@ -823,7 +841,8 @@ def train(args) -> Path | None:
         batch = sample_batch(rng, clip, images=args.images, turns=args.turns, frames=args.frames,
                              objects=scene_objects(step, args.curriculum), weights=weights,
                              blank_share=args.blank_share, relation_words=args.relation_words,
-                             motion_compare=args.motion_compare, count_look=args.count_look)
+                             motion_compare=args.motion_compare, count_look=args.count_look,
+                             count_high=args.count_high)
         parts = losses(model, probes, processor, batch, device, args.look_layer, args.probe_layer)
         loss = parts["lm"] + sum(getattr(args, LOSS_WEIGHTS[k]) * v for k, v in parts.items() if k != "lm")
         opt.zero_grad(set_to_none=True)
@@ -911,6 +930,9 @@ def main(argv=None) -> int:
                         "and the first token, and a probe on its output states the count (weight --count-weight)")
     p.add_argument("--count-weight", type=float, default=1.0,
                    help="weight of the spread look and the count probe of --count-look")
+    p.add_argument("--count-high", type=float, default=0.0,
+                   help="share of count questions that ask about the scene's most frequent colour or shape "
+                        "(answers of three and more, rare among the world's own questions)")
     p.add_argument("--init", default="",
                    help="start from this model folder's weights (a later stage of training; probes start fresh)")
     p.add_argument("--clip-share", type=float, default=0.2, help="share of steps that train on clips")
@@ -948,6 +970,8 @@ def main(argv=None) -> int:
         p.error("--relation-words needs a fourth head in the first decoder layer (text_heads >= 4)")
     if args.count_look and shape["text_heads"] <= COUNT_HEAD:
         p.error(f"--count-look needs head {COUNT_HEAD} in the look layer (text_heads >= {COUNT_HEAD + 1})")
+    if not 0 <= args.count_high <= 1:
+        p.error(f"--count-high must be in 0..1, got {args.count_high}")
     if args.init and not (Path(args.init) / "config.json").is_file():
         p.error(f"--init {args.init}: not a model folder (no config.json)")
     if args.resume and not args.checkpoint_dir:

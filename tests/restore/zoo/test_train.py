@@ -73,7 +73,8 @@ def test_bad_flags_are_named(capsys, tmp_path):
                            (["--init", str(tmp_path)], "--init"),
                            (["--motion-compare", "--relation-weight", "0"], "--relation-weight"),
                            (["--relation-words", "--shape", "text_heads=3"], "text_heads"),
-                           (["--count-look", "--shape", "text_heads=3"], "--count-look")]:
+                           (["--count-look", "--shape", "text_heads=3"], "--count-look"),
+                           (["--count-high", "1.5"], "--count-high")]:
         with pytest.raises(SystemExit):
             train.main([*SMALL, *flags])
         assert message in capsys.readouterr().err
@@ -219,3 +220,22 @@ def test_right_padded_rows_need_no_padding_mask():
         unmasked = lm(inputs_embeds=embeds).last_hidden_state
     torch.testing.assert_close(unmasked[real], masked[real], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(unmasked[~real], masked[~real])
+
+
+def test_count_high_asks_about_the_most_frequent_colour_or_shape():
+    rng = random.Random(5)
+    asked = {train.most_counted(HAND, rng) for _ in range(40)}
+    # red is the only colour with two shapes; every shape has one
+    assert asked == {("how many red shapes are there ?", "two")} | {
+        (f"how many {world.PLURALS[s]} are there ?", "one") for s in ("circle", "square", "triangle")}
+    weights = train.kind_weights("count=6")
+    for conv in train.sample_batch(random.Random(8), False, images=6, weights=weights, count_high=1.0):
+        scene_max = {}
+        for t in conv.turns:
+            if t.question.startswith("how many"):
+                scene_max.setdefault(t.question.split()[3] == "shapes", set()).add(t.answer)
+        assert all(len(answers) == 1 for answers in scene_max.values())
+    # off, the training stream is the one earlier stages were trained on
+    plain = train.sample_batch(random.Random(8), False, images=3, weights=weights)
+    off = train.sample_batch(random.Random(8), False, images=3, weights=weights, count_high=0.0)
+    assert [t.question for c in plain for t in c.turns] == [t.question for c in off for t in c.turns]
