@@ -32,14 +32,15 @@ def test_card_of_weights_older_than_the_recipe_options_says_a_retrain_is_pending
 def test_card_of_a_v2_run_names_the_options_it_used(tmp_path):
     v2 = {"seed": 0, "steps": 10, "relation_weight": 1.0, "tally_weight": 0.5, "kind_weights": "count=2",
           "curriculum": 0, "blank_share": 0.0, "shape": "", "device": "cuda", "out": "/x", "resume": True,
-          "checkpoint_dir": "/ckpt", "threads": 1, "relation_words": False, "motion_compare": False, "count_look": False}
+          "checkpoint_dir": "/ckpt", "threads": 1, "relation_words": False, "motion_compare": False, "count_look": False,
+          "count_high": 0.0}
     text = card.render_card(folder_with(tmp_path, v2), RESULT, 4321, 100)
     assert "pending" not in text
     assert "compare" not in text and "column and row order" in text and "tallies" in text
     assert "scenes of 2-3 shapes" not in text  # curriculum 0: off
     flags = card.recipe_flags(v2)
     assert flags == "--seed 0 --steps 10 --relation-weight 1.0 --tally-weight 0.5 --kind-weights count=2 " \
-                    "--curriculum 0 --blank-share 0.0"
+                    "--curriculum 0 --blank-share 0.0 --count-high 0.0"
     assert "on this machine's CUDA" in " ".join(text.split())
 
 
