@@ -132,7 +132,13 @@ V2_PROPOSAL = [
     "--motion-compare --tally-weight 0.5 --kind-weights count=2,relation=3,glyph=1.5 --clip-share 0.25 --out STAGE2",
     "--init STAGE2 --seed 2 --steps 1200 --lr 3e-4 --warmup 30 --relation-words --relation-weight 1.0 "
     "--motion-compare --tally-weight 0.5 --count-look --kind-weights count=3,relation=2,glyph=1.5,existence=1.5 "
-    "--clip-share 0.2",
+    "--clip-share 0.2 --out STAGE3",
+    "--init STAGE3 --seed 3 --steps 1000 --lr 3e-4 --warmup 30 --relation-words --relation-weight 1.0 "
+    "--motion-compare --tally-weight 0.5 --count-look --kind-weights count=4,relation=2,glyph=1.5,existence=1.5 "
+    "--clip-share 0.2 --out STAGE4",
+    "--init STAGE4 --seed 4 --steps 1000 --lr 3e-4 --warmup 30 --relation-words --relation-weight 1.0 "
+    "--motion-compare --tally-weight 0.5 --count-look --count-high 0.5 "
+    "--kind-weights count=4,relation=2,glyph=1.5,existence=1.5 --clip-share 0.2",
 ]
 
 
