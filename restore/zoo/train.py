@@ -249,14 +249,12 @@ def probe_targets(scene: world.Scene, kind: str, question: str, count_look: bool
 
 def most_counted(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
     """The count question with the largest answer: how many of the scene's most frequent colour, or shape."""
-    objs = list(scene.objects)
-    if rng.random() < 0.5:
-        tally = {c: sum(o.colour == c for o in objs) for c in world.COLOUR_NAMES}
-        colour = rng.choice([c for c, k in tally.items() if k == max(tally.values())])
-        return f"how many {colour} shapes are there ?", world.NUMBERS[tally[colour]]
-    tally = {sh: sum(o.shape == sh for o in objs) for sh in world.SHAPES}
-    shape = rng.choice([sh for sh, k in tally.items() if k == max(tally.values())])
-    return f"how many {world.PLURALS[shape]} are there ?", world.NUMBERS[tally[shape]]
+    by_colour = rng.random() < 0.5
+    names = world.COLOUR_NAMES if by_colour else world.SHAPES
+    tally = {x: sum((o.colour if by_colour else o.shape) == x for o in scene.objects) for x in names}
+    top = rng.choice([x for x, k in tally.items() if k == max(tally.values())])
+    things = f"{top} shapes" if by_colour else world.PLURALS[top]
+    return f"how many {things} are there ?", world.NUMBERS[tally[top]]
 
 
 def image_conversation(rng: random.Random, turns: int, objects: tuple[int, int] = (2, 7),
