@@ -225,6 +225,12 @@ def _order(a: world.Obj, b: world.Obj) -> np.ndarray:
     return np.array([_sign(ac - bc) + 1, _sign(ar - br) + 1])
 
 
+def _tally(scene: world.Scene, by_colour: bool) -> dict[str, int]:
+    """How many shapes of each colour (in `COLOUR_NAMES` order), or of each shape (`SHAPES` order)."""
+    names = world.COLOUR_NAMES if by_colour else world.SHAPES
+    return {x: sum((o.colour if by_colour else o.shape) == x for o in scene.objects) for x in names}
+
+
 def probe_targets(scene: world.Scene, kind: str, question: str, count_look: bool = False) -> dict[str, np.ndarray]:
     """What the optional probes read at the answering token (see `RelationHead`, `TallyHead`, `CountHead`).
 
@@ -238,9 +244,7 @@ def probe_targets(scene: world.Scene, kind: str, question: str, count_look: bool
         b = next(o for o in scene.objects if o.name == " ".join(words[-3:-1]))
         return {"compare": _order(a, b)}
     if kind == "count":
-        objs = scene.objects
-        out = {"tally": np.array([sum(o.colour == c for o in objs) for c in world.COLOUR_NAMES]
-                                 + [sum(o.shape == s for o in objs) for s in world.SHAPES])}
+        out = {"tally": np.array([*_tally(scene, True).values(), *_tally(scene, False).values()])}
         if count_look:
             out["count"] = np.array([len(world.referents(scene, question))])
         return out
@@ -250,8 +254,7 @@ def probe_targets(scene: world.Scene, kind: str, question: str, count_look: bool
 def most_counted(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
     """The count question with the largest answer: how many of the scene's most frequent colour, or shape."""
     by_colour = rng.random() < 0.5
-    names = world.COLOUR_NAMES if by_colour else world.SHAPES
-    tally = {x: sum((o.colour if by_colour else o.shape) == x for o in scene.objects) for x in names}
+    tally = _tally(scene, by_colour)
     top = rng.choice([x for x, k in tally.items() if k == max(tally.values())])
     things = f"{top} shapes" if by_colour else world.PLURALS[top]
     return f"how many {things} are there ?", world.NUMBERS[tally[top]]

@@ -202,7 +202,6 @@ def _processor():
     return architecture.build()[1]
 
 
-
 def test_right_padded_rows_need_no_padding_mask():
     # `losses` runs the text model without a padding mask: under causal attention no real token sees a pad after it
     from restore.zoo import architecture
