@@ -138,7 +138,10 @@ V2_PROPOSAL = [
     "--clip-share 0.2 --out STAGE4",
     "--init STAGE4 --seed 4 --steps 1000 --lr 3e-4 --warmup 30 --relation-words --relation-weight 1.0 "
     "--motion-compare --tally-weight 0.5 --count-look --count-high 0.5 "
-    "--kind-weights count=4,relation=2,glyph=1.5,existence=1.5 --clip-share 0.2",
+    "--kind-weights count=4,relation=2,glyph=1.5,existence=1.5 --clip-share 0.2 --out STAGE5",
+    "--init STAGE5 --seed 5 --steps 1000 --lr 3e-4 --warmup 30 --relation-words --relation-weight 1.0 "
+    "--motion-compare --tally-weight 0.5 --count-look --count-weight 2 --count-high 0.5 "
+    "--kind-weights count=6,relation=2,glyph=1.5,existence=1.5 --clip-share 0.2",
 ]
 
 

@@ -45,9 +45,9 @@ Options aimed at the types the first shipped weights missed (all off by default)
 - `--count-high`: a share of the count questions ask about the scene's most frequent colour or shape,
   so that answers of three and four, rare among the world's own questions, are trained on more often;
 - `--init DIR`: start from a model folder's weights, as a later stage of a staged recipe (the shipped
-  model is five stages: the first recipe, then the relation, motion and tally options, then
-  `--count-look`, then a longer count stage, then `--count-high`, each from the weights of the one
-  before).
+  model is six stages: the first recipe, then the relation, motion and tally options, then
+  `--count-look`, then a longer count stage, then `--count-high`, then `--count-weight 2`, each from
+  the weights of the one before).
 
 Runs are resumable: with `--checkpoint-dir`, `latest.pt` (model, probes, optimizer, step, the learning
 rate's step, RNG states, log) is replaced atomically every `--checkpoint-every` steps; `--resume`

@@ -23,8 +23,8 @@ def test_card_of_weights_older_than_the_recipe_options_says_a_retrain_is_pending
     text = card.render_card(folder_with(tmp_path, first), RESULT, 4321, 100)
     assert "a retrain with them is pending" in text and "`--relation-weight`" in text and "`--count-look`" in text
     assert "1. `python -m restore.zoo.train --init OLD_WEIGHTS" in text
-    assert "2. `python -m restore.zoo.train --init STAGE2" in text and "4. `python -m restore.zoo.train --init STAGE4" in text
-    assert text.count("--count-look") == 4 and text.count("--count-high") == 2
+    assert "2. `python -m restore.zoo.train --init STAGE2" in text and "5. `python -m restore.zoo.train --init STAGE5" in text
+    assert text.count("--count-look") == 5 and text.count("--count-high") == 3 and text.count("--count-weight 2") == 1
     assert "| What is in this picture? | `describe the image .` |" in text
     assert "--device" not in text.split("## Training")[1].split("\n\n")[0]  # run-only flags are not the recipe
     assert "relation 0.50 (target 0.90)" in text and "count" not in text.split("Below the project's target")[1]
