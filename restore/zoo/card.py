@@ -125,6 +125,8 @@ V2_FLAGS = {
                   "share each) and the first token, and a probe on its output states the count",
     "count_high": "a share of the count questions ask about the scene's most frequent colour or shape, whose "
                   "answers of three and more the world's own questions seldom give",
+    "count_balance": "a loss that holds the sink's share of that spread look at 1/(n+1) for n counted shapes, "
+                     "the balance the answer reads",
 }
 # The retrain for old weights: later stages from them, flags as `python -m restore.zoo.train` takes them.
 V2_PROPOSAL = [
@@ -141,6 +143,9 @@ V2_PROPOSAL = [
     "--kind-weights count=4,relation=2,glyph=1.5,existence=1.5 --clip-share 0.2 --out STAGE5",
     "--init STAGE5 --seed 5 --steps 1000 --lr 3e-4 --warmup 30 --relation-words --relation-weight 1.0 "
     "--motion-compare --tally-weight 0.5 --count-look --count-weight 2 --count-high 0.5 "
+    "--kind-weights count=6,relation=2,glyph=1.5,existence=1.5 --clip-share 0.2 --out STAGE6",
+    "--init STAGE6 --seed 6 --steps 1000 --lr 3e-4 --warmup 30 --relation-words --relation-weight 1.0 "
+    "--motion-compare --tally-weight 0.5 --count-look --count-weight 2 --count-balance 2 --count-high 0.5 "
     "--kind-weights count=6,relation=2,glyph=1.5,existence=1.5 --clip-share 0.2",
 ]
 

@@ -24,7 +24,8 @@ def test_card_of_weights_older_than_the_recipe_options_says_a_retrain_is_pending
     assert "a retrain with them is pending" in text and "`--relation-weight`" in text and "`--count-look`" in text
     assert "1. `python -m restore.zoo.train --init OLD_WEIGHTS" in text
     assert "2. `python -m restore.zoo.train --init STAGE2" in text and "5. `python -m restore.zoo.train --init STAGE5" in text
-    assert text.count("--count-look") == 5 and text.count("--count-high") == 3 and text.count("--count-weight 2") == 1
+    assert text.count("--count-look") == 6 and text.count("--count-high") == 4 and text.count("--count-weight 2") == 2
+    assert text.count("--count-balance 2") == 1 and "6. `python -m restore.zoo.train --init STAGE6" in text
     assert "| What is in this picture? | `describe the image .` |" in text
     assert "--device" not in text.split("## Training")[1].split("\n\n")[0]  # run-only flags are not the recipe
     assert "relation 0.50 (target 0.90)" in text and "count" not in text.split("Below the project's target")[1]
@@ -34,14 +35,14 @@ def test_card_of_a_v2_run_names_the_options_it_used(tmp_path):
     v2 = {"seed": 0, "steps": 10, "relation_weight": 1.0, "tally_weight": 0.5, "kind_weights": "count=2",
           "curriculum": 0, "blank_share": 0.0, "shape": "", "device": "cuda", "out": "/x", "resume": True,
           "checkpoint_dir": "/ckpt", "threads": 1, "relation_words": False, "motion_compare": False, "count_look": False,
-          "count_high": 0.0}
+          "count_high": 0.0, "count_balance": 0.0}
     text = card.render_card(folder_with(tmp_path, v2), RESULT, 4321, 100)
     assert "pending" not in text
     assert "compare" not in text and "column and row order" in text and "tallies" in text
     assert "scenes of 2-3 shapes" not in text  # curriculum 0: off
     flags = card.recipe_flags(v2)
     assert flags == "--seed 0 --steps 10 --relation-weight 1.0 --tally-weight 0.5 --kind-weights count=2 " \
-                    "--curriculum 0 --blank-share 0.0 --count-high 0.0"
+                    "--curriculum 0 --blank-share 0.0 --count-high 0.0 --count-balance 0.0"
     assert "on this machine's CUDA" in " ".join(text.split())
 
 

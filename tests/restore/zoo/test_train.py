@@ -15,7 +15,8 @@ from tests.helpers.scenes import HAND
 # Every optional part of the recipe on, at a size that runs in seconds on one CPU thread.
 SMALL = ["--steps", "4", "--warmup", "2", "--images", "1", "--turns", "4", "--clip-share", "0.4", "--threads", "1",
          "--eval-every", "0", "--card-n", "0", "--relation-weight", "1", "--tally-weight", "1",
-         "--kind-weights", "count=3,relation=3", "--curriculum", "3", "--blank-share", "0.3", "--count-look"]
+         "--kind-weights", "count=3,relation=3", "--curriculum", "3", "--blank-share", "0.3", "--count-look",
+         "--count-balance", "1"]
 
 
 def run(*extra: str) -> None:
@@ -51,6 +52,18 @@ def test_resume_refuses_a_checkpoint_of_another_recipe(tmp_path):
         run("--out", str(tmp_path / "m"), "--checkpoint-dir", str(ckpt), "--resume", "--lr", "0.01")
 
 
+def test_a_checkpoint_from_before_an_option_existed_resumes_with_it_off(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    no_balance = SMALL[:SMALL.index("--count-balance")]
+    assert train.main([*no_balance, "--out", str(tmp_path / "m"), "--checkpoint-dir", str(ckpt), "--stop-after", "1"]) == 0
+    state = torch.load(ckpt / "latest.pt", weights_only=True)
+    del state["recipe"]["count_balance"]  # as written before --count-balance was added
+    torch.save(state, ckpt / "latest.pt")
+    with pytest.raises(ValueError, match="different recipe.*count_balance"):
+        run("--out", str(tmp_path / "m"), "--checkpoint-dir", str(ckpt), "--resume")
+    assert train.main([*no_balance, "--out", str(tmp_path / "m"), "--checkpoint-dir", str(ckpt), "--resume"]) == 0
+
+
 def test_a_later_stage_starts_from_the_earlier_weights_and_records_their_recipe(tmp_path):
     run("--out", str(tmp_path / "first"))
     stage = ["--out", str(tmp_path / "second"), "--init", str(tmp_path / "first"), "--relation-words", "--motion-compare"]
@@ -78,6 +91,9 @@ def test_bad_flags_are_named(capsys, tmp_path):
         with pytest.raises(SystemExit):
             train.main([*SMALL, *flags])
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main([f for f in SMALL if f != "--count-look"])
+    assert "--count-balance" in capsys.readouterr().err
 
 
 def test_probe_targets_are_exact():
@@ -175,6 +191,18 @@ def test_the_spread_objective_is_least_at_the_target_and_the_mass_objective_is_u
     assert train.attention_objective(lopsided, target).item() == pytest.approx(0.0, abs=1e-6)
     assert train.attention_objective(lopsided, target, spread=True) > at_target + 0.3
     assert train.attention_objective(torch.full((1, 5), 0.2), target).item() == pytest.approx(-np.log(0.6))
+
+
+def test_the_sink_balance_is_zero_at_one_share_per_shape_and_grows_with_the_log_odds_error():
+    # sink, then patches of two shapes (weights summing to 1 per shape), then a patch of another shape
+    target = torch.tensor([[1.0, 0.5, 0.5, 1.0, 0.0], [1.0, 0.5, 0.5, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0]])
+    due = torch.tensor([1 / 3, 0.2, 0.2, 4 / 15, 0.0])  # the sink's share 1/(n+1), however the rest is shared
+    assert train.sink_balance(due[None], target[:1]).item() == pytest.approx(0.0, abs=1e-9)
+    heavy = torch.tensor([0.5, 0.1, 0.1, 0.2, 0.1])  # odds 1 where 1/2 is due: error log 2
+    probs = torch.stack([due, heavy, heavy])
+    # the count-zero row (no shape weighed) is left to the spread objective
+    assert train.sink_balance(probs, target).item() == pytest.approx(np.log(2) ** 2 / 2, rel=1e-5)
+    assert train.sink_balance(heavy[None], target[2:]).item() == 0.0
 
 
 def test_count_turns_carry_spread_looks_at_the_answering_token():
