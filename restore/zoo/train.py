@@ -178,7 +178,7 @@ COUNT_HEAD = 3
 
 def count_looks(scene: world.Scene, labels: dict[str, np.ndarray], question: str) -> list[tuple[int, int, np.ndarray]]:
     """The spread look of a count question: head `COUNT_HEAD` of the look layer on each counted shape, weight 1
-    per shape shared evenly over its patches (and 1 on the sink, which `look_loss` adds with `spread`). An
+    per shape shared evenly over its patches (and 1 on the sink, which `look_attention` adds with `spread`). An
     average over the shapes says what they are like whatever their number; with a share per shape beside the
     sink's, the sink's share is 1/(n+1). A shape's patches, not its centre patch: after 400 steps the tower still found
     the centre patch among its top guesses a third of the time, while what covers a patch it knows."""
@@ -466,7 +466,8 @@ def sink_balance(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def look_attention(model, hidden_in: torch.Tensor, layer: int, ids: torch.Tensor, looks, image_id: int,
                    spread: bool = False):
-    """The attention and target weights of `look_loss`."""
+    """The attention and target weights of `look_loss`; with `spread`, of the spread looks (`count_looks`):
+    the weights over the patches and 1 on the row's first token, the sink."""
     visual = ids == image_id
 
     def fill(_, entry, row_target):
@@ -477,13 +478,11 @@ def look_attention(model, hidden_in: torch.Tensor, layer: int, ids: torch.Tensor
     return attention_and_target(model, hidden_in, layer, looks, fill)
 
 
-def look_loss(model, hidden_in: torch.Tensor, layer: int, ids: torch.Tensor, looks, image_id: int,
-              spread: bool = False) -> torch.Tensor:
-    """Attention onto the patches a question is about (weights over the row's visual tokens); with `spread`,
-    spread as the weights say over them and the row's first token, the sink (`count_looks`)."""
+def look_loss(model, hidden_in: torch.Tensor, layer: int, ids: torch.Tensor, looks, image_id: int) -> torch.Tensor:
+    """Attention onto the patches a question is about (weights over the row's visual tokens)."""
     if not looks:
         return hidden_in.sum() * 0.0
-    return attention_objective(*look_attention(model, hidden_in, layer, ids, looks, image_id, spread), spread)
+    return attention_objective(*look_attention(model, hidden_in, layer, ids, looks, image_id))
 
 
 class QueryHead(nn.Module):
@@ -619,8 +618,8 @@ def losses(model, probes: nn.ModuleDict, processor, convs: list[Conversation], d
            probe_layer: int, balance: bool = False) -> dict[str, torch.Tensor]:
     """Every loss of one step, by name: "lm" (answers), "patch", "look", "query", "readout", one per optional
     probe in `probes` ("relation", "tally" at hidden state `probe_layer`, "count" at the look layer's output)
-    and, with the count probe, "spread" (`look_loss` with `spread`) and, with `balance`, "balance"
-    (`sink_balance` of the same looks)."""
+    and, with the count probe, "spread" (the spread looks' `attention_objective` with `spread`) and, with
+    `balance`, "balance" (`sink_balance` of the same looks)."""
     pics = [im for c in convs for im in c.images]
     pixels = processor.image_processor(pics, return_tensors="pt")["pixel_values"].to(device)
     out = model.model.get_image_features(
