@@ -643,13 +643,16 @@ def losses(model, probes: nn.ModuleDict, processor, convs: list[Conversation], d
     look = look_loss(model, hidden.hidden_states[look_layer], look_layer, ids, looks, image_id)
     result["look"] = look + gather_loss(model, hidden.hidden_states[0], gathers)
     if "count" in probes:
-        zero = hidden.hidden_states[look_layer].sum() * 0.0
         if spreads:
             probs, target = look_attention(model, hidden.hidden_states[look_layer], look_layer, ids, spreads,
                                            image_id, spread=True)
-        result["spread"] = attention_objective(probs, target, spread=True) if spreads else zero
-        if balance:
-            result["balance"] = sink_balance(probs, target) if spreads else zero
+            result["spread"] = attention_objective(probs, target, spread=True)
+            if balance:
+                result["balance"] = sink_balance(probs, target)
+        else:
+            result["spread"] = hidden.hidden_states[look_layer].sum() * 0.0
+            if balance:
+                result["balance"] = result["spread"]
     result["query"] = probes["query"](hidden.hidden_states[look_layer], ids, gathers)
     # Per conversation row, the patch labels of its visual tokens in sequence order (its images in turn).
     per_row, start = [], 0
@@ -848,9 +851,10 @@ def train(args) -> Path | None:
     if args.resume and ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=True)
         # an option added since the checkpoint was written was off in its run
-        saved = {**{k: v for k, v in recipe(args).items() if not v}, **state["recipe"]}
-        if saved != recipe(args):
-            diff = sorted(k for k in set(saved) | set(recipe(args)) if saved.get(k) != recipe(args).get(k))
+        now = recipe(args)
+        saved = {**{k: v for k, v in now.items() if not v}, **state["recipe"]}
+        if saved != now:
+            diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise ValueError(f"{ckpt} was written by a different recipe ({', '.join(diff)} differ); "
                              "resume with the same arguments or start a new --checkpoint-dir")
         model.load_state_dict(state["model"])
