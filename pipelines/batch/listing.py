@@ -11,7 +11,9 @@ of LISTING_SCHEMA rows `{id, uri, question}`:
   machines); with a questions file every input is fanned out once per
   question and the id gets a suffix from the question. Ids exist when the read
   task yields its rows, which is what Ray Data's checkpoint filter (applied
-  right after the read) needs.
+  right after the read) needs. Within a manifest, ids must be unique: the
+  read task checks before it yields a row (`check_unique_ids`), since the
+  checkpoint would drop a row whose id another row committed.
 - A folder or glob keeps files by extension (`extensions(kind)`); the files
   skipped are counted per read task into `<stats_dir>/skipped-*.json`, which
   the summary adds up.
@@ -31,6 +33,7 @@ import logging
 import os
 import posixpath
 import uuid
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -150,7 +153,8 @@ def _reader(unit: Unit, job: Any, questions: list[str] | None, stats_dir: str | 
         fs, _ = filesystem(source, endpoint, options)  # units hold paths on the input's filesystem
         path = unit.path
         if unit.kind == "manifest":
-            records = _manifest_records(fs, path, full_uri(fs, path))
+            check_unique_ids(fs, path, full_uri(fs, path))
+            records = (rec for _, rec in _manifest_records(fs, path, full_uri(fs, path)))
             for chunk in _chunks(records):
                 yield _block(chunk, questions)
             return
@@ -213,7 +217,7 @@ def _chunks(records: Iterator[dict]) -> Iterator[list[dict]]:
 def _block(rows: list[dict], questions: list[str] | None) -> pa.Table:
     ids, uris, qs = [], [], []
     for r in rows:
-        rid = str(r["id"]) if r["id"] is not None else stable_id(r["uri"])
+        rid = _row_id(r)
         if questions:
             for q in questions:
                 ids.append(question_id(rid, q))
@@ -226,8 +230,8 @@ def _block(rows: list[dict], questions: list[str] | None) -> pa.Table:
     return pa.table({"id": ids, "uri": uris, "question": qs}, schema=LISTING_SCHEMA)
 
 
-def _manifest_records(fs, path: str, uri: str) -> Iterator[dict]:
-    """Rows {id, uri, question} of one manifest, streamed (Parquet by batches, JSONL by lines)."""
+def _manifest_records(fs, path: str, uri: str) -> Iterator[tuple[int, dict]]:
+    """(row number, {id, uri, question}) of one manifest, streamed (Parquet by batches, JSONL by lines)."""
     base = full_uri(fs, posixpath.dirname(path))
     n = 0
 
@@ -252,7 +256,7 @@ def _manifest_records(fs, path: str, uri: str) -> Iterator[dict]:
             for batch in pf.iter_batches(batch_size=BLOCK_ROWS, columns=cols):
                 for rec in batch.to_pylist():
                     n += 1
-                    yield row(rec)
+                    yield n, row(rec)
         return
     with fs.open(path, "rt") as fh:
         for line in fh:
@@ -263,7 +267,39 @@ def _manifest_records(fs, path: str, uri: str) -> Iterator[dict]:
                 rec = json.loads(line)
             except json.JSONDecodeError as err:
                 raise SourceError(f"manifest {uri} line {n} is not JSON: {err}") from None
-            yield row(rec)
+            yield n, row(rec)
+
+
+def _row_id(rec: dict) -> str:
+    return rec["id"] if rec["id"] is not None else stable_id(rec["uri"])
+
+
+def check_unique_ids(fs, path: str, uri: str) -> None:
+    """Raise SourceError naming two rows of the manifest that share an id (before any row is labeled).
+
+    Ray Data's checkpoint drops every row whose id is committed, so a repeated
+    id would silently lose a row on resume. A first pass keeps 8 bytes per row
+    (the ids' hashes) in the read task, never on the driver; only when two
+    hashes agree does a second pass look at the ids themselves.
+    """
+    import numpy as np
+
+    hashes = array("q", (hash(_row_id(rec)) for _, rec in _manifest_records(fs, path, uri)))
+    ordered = np.sort(np.frombuffer(hashes, dtype=np.int64))
+    clashes = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    if not clashes:
+        return
+    first: dict[str, int] = {}
+    for n, rec in _manifest_records(fs, path, uri):
+        rid = _row_id(rec)
+        if hash(rid) not in clashes:
+            continue
+        if rid in first:
+            row = "line" if not path.lower().endswith(".parquet") else "row"
+            raise SourceError(
+                f"manifest {uri} {row}s {first[rid]} and {n} share the id {rid!r}; ids must be unique "
+                "(a row without an 'id' takes sha1 of its uri: give rows that repeat a uri their own ids)")
+        first[rid] = n
 
 
 def load_questions(uri: str, endpoint_url: str | None = None, storage_options: dict[str, Any] | None = None) -> list[str]:

@@ -89,6 +89,21 @@ def test_manifests_keep_ids_and_questions_and_resolve_relative_uris(folder):
         rows(folder / "nouri.jsonl")
 
 
+def test_a_manifest_with_a_repeated_id_fails_before_any_row(folder):
+    # Two questions about one picture and no ids: both rows would get sha1(uri), and a resume would drop one.
+    lines = [{"uri": "b.png", "question": "what ?"}, {"id": "x", "uri": "c.png"}, {"uri": "b.png", "question": "where ?"}]
+    (folder / "dup.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    with pytest.raises(SourceError, match=f"lines 1 and 3 share the id '{stable_id(str(folder / 'b.png'))}'"):
+        rows(folder / "dup.jsonl")
+    pq.write_table(pa.Table.from_pylist([{"id": "a", "uri": "b.png"}, {"id": "b", "uri": "b.png"},
+                                         {"id": "a", "uri": "c.png"}]), folder / "dup.parquet")
+    with pytest.raises(SourceError, match="rows 1 and 3 share the id 'a'"):
+        rows(folder / "dup.parquet")
+    lines[2]["id"] = "y"  # the same picture twice, told apart by their ids: fine
+    (folder / "dup.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert [r["id"] for r in rows(folder / "dup.jsonl")] == [stable_id(str(folder / "b.png")), "y", "x"]
+
+
 def test_questions_fan_out_in_the_read_with_stable_unique_ids(tmp_path, folder):
     q = tmp_path / "q.jsonl"
     q.write_text('{"question": "what ?"}\n\n{"question": "where ?"}\n')
