@@ -19,6 +19,7 @@ from pipelines.batch.commit import JobSummary
 from pipelines.batch.config import LabelJob
 from pipelines.batch.graph import build_dataset
 from pipelines.batch.listing import skipped_by_extension
+from pipelines.media.decode import SourceError
 from pipelines.media.storage import OutputStore
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ def run(job: LabelJob) -> JobSummary:
         try:
             ds = build_dataset(job, prepared.units, prepared.questions, limit, stats_dir)
             ds.write_datasink(commit.part_sink(job))
+        except ray.exceptions.RayTaskError as err:
+            # An input the listing refused (a manifest's bad row or repeated id): its own message, without
+            # the remote traceback Ray wraps around it.
+            if isinstance(err.cause, SourceError):
+                raise err.cause from None
+            raise
         except KeyboardInterrupt:
             done = commit.committed_rows(job)
             raise JobInterrupted(

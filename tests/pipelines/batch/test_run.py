@@ -19,6 +19,7 @@ import pytest
 from pipelines.batch import run as batch_run
 from pipelines.batch.config import JobConfigError, LabelJob
 from pipelines.batch.run import run
+from pipelines.media.decode import SourceError
 from pipelines.rows import OUTPUT_SCHEMA
 from restore.zoo.world import scene_image
 from tests.helpers.videos import clip
@@ -260,6 +261,18 @@ def test_images_s3_manifest_with_ids_and_questions(ray_local, tmp_path):
     assert rows["img-a"]["kept_tokens"] == 9 and rows["img-a"]["restore"] is False
     assert rows["img-c"]["status"] == "error" and "notes.png" in rows["img-c"]["error"]
     assert (summary.rows_ok, summary.rows_error) == (2, 1)
+
+
+def test_a_manifest_with_a_repeated_id_is_refused_by_name_and_labels_nothing(ray_local, tmp_path):
+    lines = [{"uri": "s3://corpus/images/scene0.png", "question": "where is the circle ?"},
+             {"uri": "s3://corpus/images/scene0.png", "question": "how many are there ?"}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(x) for x in lines))
+    j = job(kind="images", input=str(manifest), output=str(tmp_path / "out"), task="vqa")
+    with pytest.raises(SourceError, match="^manifest .*m.jsonl lines 1 and 2 share the id") as err:
+        run(j)
+    assert "ray::" not in str(err.value)  # the message, not Ray's remote traceback
+    assert not list((tmp_path / "out").glob("part-*.parquet"))
 
 
 # ---------------------------------------------------------------------------- command line
