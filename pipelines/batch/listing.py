@@ -153,8 +153,9 @@ def _reader(unit: Unit, job: Any, questions: list[str] | None, stats_dir: str | 
         fs, _ = filesystem(source, endpoint, options)  # units hold paths on the input's filesystem
         path = unit.path
         if unit.kind == "manifest":
-            check_unique_ids(fs, path, full_uri(fs, path))
-            records = (rec for _, rec in _manifest_records(fs, path, full_uri(fs, path)))
+            uri = full_uri(fs, path)
+            check_unique_ids(fs, path, uri)
+            records = (rec for _, rec in _manifest_records(fs, path, uri))
             for chunk in _chunks(records):
                 yield _block(chunk, questions)
             return
