@@ -31,13 +31,13 @@ def render_card(model_dir: Path, result: dict, seed: int, n: int) -> str:
     v, t = config["vision_config"], config["text_config"]
     size = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     params = _parameters(model_dir)
-    stages = _stages(training)
+    chain = stages(training)
     rows = "\n".join(f"| {k} | {val:.3f} |" for k, val in result["accuracy"].items())
     tail = log[-50:]
     lm = sum(e["lm"] for e in tail) / len(tail) if tail else float("nan")
     patch = sum(e["patch"] for e in tail) / len(tail) if tail else float("nan")
     minutes = log[-1]["seconds"] / 60 if log else float("nan")
-    earlier = sum(st.get("seconds") or 0.0 for st in stages[:-1]) / 60
+    earlier = sum(st.get("seconds") or 0.0 for st in chain[:-1]) / 60
     return f"""# restore default model
 
 A small multimodal model trained from scratch on `restore.zoo.world`, shipped so that
@@ -63,14 +63,14 @@ digits, cluttered grey backgrounds; clips of 4 frames in which shapes move. Ques
 {', '.join(world.QUESTION_TYPES)}, and captions that list every cell.
 
 ## Training
-{_commands(stages)}
+{_commands(chain)}
 
 Each scene is one conversation of several questions. Losses: answer-token cross-entropy (mean per
 answer), a per-patch classification loss on the tower (colour, shape, size, digit, object centre,
 row, column), and attention losses on the answering token: three heads of the first decoder layer read the
 words naming what is asked about, the same heads of layer {args.get('look_layer', '?')} look at the patches
 those words refer to; two training-only linear probes on that token make the named words reach the look layer and
-what it found (colour, shape, size, digit, row, column) reach its output.{_optional_parts(args)} {_timing(stages, len(log), minutes, earlier, args)}; over the last 50 steps{" of the last stage" if len(stages) > 1 else ""} the answer
+what it found (colour, shape, size, digit, row, column) reach its output.{_optional_parts(args)} {_timing(chain, len(log), minutes, earlier, args)}; over the last 50 steps{" of the last stage" if len(chain) > 1 else ""} the answer
 loss averaged {lm:.3f} and the patch loss {patch:.3f}. `--checkpoint-dir DIR --resume` continues an interrupted run
 from its last checkpoint to the same weights.
 
@@ -150,7 +150,7 @@ V2_PROPOSAL = [
 ]
 
 
-def _stages(training: dict) -> list[dict]:
+def stages(training: dict) -> list[dict]:
     """The runs that made these weights, first to last: each {"args", "steps", "seconds"} (`--init` chains)."""
     chain, node = [], training
     while node:
@@ -180,16 +180,20 @@ def _timing(stages: list[dict], steps: int, minutes: float, earlier: float, args
     return f"{before} + {steps} steps in {earlier:.0f} + {minutes:.0f} min\n({earlier + minutes:.0f} min) {where}"
 
 
-def recipe_flags(args: dict) -> str:
-    """The command-line flags that decide the weights (run-only ones such as --device or --out left out)."""
+def recipe_argv(args: dict) -> list[str]:
+    """The command-line arguments that decide the weights (run-only ones such as --device or --out left out)."""
     from restore.zoo.train import RUN_ARGS
 
-    flags = []
+    argv = []
     for k, val in args.items():
         if k in RUN_ARGS or val is None or val == "" or val is False:
             continue
-        flags.append(f"--{k.replace('_', '-')}" + ("" if val is True else f" {val}"))
-    return " ".join(flags)
+        argv += [f"--{k.replace('_', '-')}"] + ([] if val is True else [str(val)])
+    return argv
+
+
+def recipe_flags(args: dict) -> str:
+    return " ".join(recipe_argv(args))
 
 
 def _optional_parts(args: dict) -> str:

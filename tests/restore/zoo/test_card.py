@@ -19,7 +19,7 @@ def folder_with(tmp_path, args: dict, init: dict | None = None):
 
 def test_card_of_weights_older_than_the_recipe_options_says_a_retrain_is_pending(tmp_path):
     # the first shipped weights: the first stage of today's
-    first = card._stages(json.loads((DEFAULT_MODEL_DIR / "training.json").read_text()))[0]["args"]
+    first = card.stages(json.loads((DEFAULT_MODEL_DIR / "training.json").read_text()))[0]["args"]
     text = card.render_card(folder_with(tmp_path, first), RESULT, 4321, 100)
     assert "a retrain with them is pending" in text and "`--relation-weight`" in text and "`--count-look`" in text
     assert "1. `python -m restore.zoo.train --init OLD_WEIGHTS" in text
