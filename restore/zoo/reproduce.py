@@ -68,7 +68,10 @@ def reproduce(model_dir: Path, work_dir: Path, out: Path, run: list[str]) -> dic
         else:
             logger.info("stage %d of %d: %d steps into %s", i, len(chain), st["args"]["steps"], target)
             argv = stage_argv(st["args"], init, target, work_dir / f"stage{i}-checkpoint", run)
-            if train.main(argv) != 0:
+            rc = train.main(argv)
+            if rc == 130:  # Ctrl-C: the stage checkpointed its last step
+                raise KeyboardInterrupt
+            if rc != 0:
                 raise RuntimeError(f"stage {i} failed: python -m restore.zoo.train {' '.join(argv)}")
         init = target
     return compare(model_dir, out)
@@ -91,7 +94,11 @@ def main(argv=None) -> int:
         p.error(str(err))
     out = Path(args.out) if args.out else work_dir / "model"
     run = ["--device", args.device, "--threads", str(args.threads), "--eval-every", "0", "--card-n", "0"]
-    result = reproduce(model_dir, work_dir, out, run)
+    try:
+        result = reproduce(model_dir, work_dir, out, run)
+    except KeyboardInterrupt:
+        print(f"interrupted: run the same command again to continue from {work_dir}'s checkpoints")
+        return 130
     if args.card_n:
         card.write_card(out, n=args.card_n, device=args.device)
     # Bit-identical on the machine that trained them; elsewhere float rounding differs, so a difference is reported,

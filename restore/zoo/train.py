@@ -55,7 +55,8 @@ Options aimed at the types the first shipped weights missed (all off by default)
 Runs are resumable: with `--checkpoint-dir`, `latest.pt` (model, probes, optimizer, step, the learning
 rate's step, RNG states, log) is replaced atomically every `--checkpoint-every` steps; `--resume`
 continues from it to the weights an uninterrupted run ends with (same device and thread count), and
-`--stop-after` ends a run early at a checkpoint (e.g. to fit a time slot). `--device cuda` trains on a
+`--stop-after` ends a run early at a checkpoint (e.g. to fit a time slot), as Ctrl-C does after the step in
+progress (exit status 130). `--device cuda` trains on a
 GPU (float32) and evaluates the card there.
 """
 
@@ -67,6 +68,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -802,8 +805,41 @@ def _set_rng_state(rng: random.Random, state: dict, device: torch.device) -> Non
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
+class StepBoundaryInterrupt:
+    """While active, a first Ctrl-C only asks training to stop after the step in progress (which is then
+    checkpointed, so a resume continues to the weights of an uninterrupted run); a second one stops at once.
+    Inactive without a checkpoint to write, or off the main thread (where signal handlers cannot be set)."""
+
+    def __init__(self, active: bool) -> None:
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.info("interrupted: stopping after this step to checkpoint it (Ctrl-C again to stop at once)")
+
+    def __enter__(self) -> StepBoundaryInterrupt:
+        if self.active:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def train(args) -> Path | None:
-    """Train, resuming from `--checkpoint-dir` with `--resume`; the model folder, or None after `--stop-after`."""
+    """Train, resuming from `--checkpoint-dir` with `--resume`; the model folder, or None after `--stop-after`.
+
+    With a checkpoint directory, Ctrl-C checkpoints the step in progress and raises KeyboardInterrupt."""
+    with StepBoundaryInterrupt(active=bool(args.checkpoint_dir)) as interrupt:
+        return _train(args, interrupt)
+
+
+def _train(args, interrupt: StepBoundaryInterrupt) -> Path | None:
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -907,6 +943,12 @@ def train(args) -> Path | None:
             logger.info("step %d: %s", step + 1, json.dumps(entry["eval"]))
             save(model, processor, out, args, log + [entry], init_record)
         log.append(entry)
+        if interrupt.requested:
+            bar.close()
+            checkpoint(step + 1)
+            logger.info("interrupted: checkpointed after step %d of %d; rerun with --resume to continue",
+                        step + 1, args.steps)
+            raise KeyboardInterrupt
         if args.checkpoint_every and (step + 1) % args.checkpoint_every == 0 and step + 1 < stop:
             checkpoint(step + 1)
     bar.close()
@@ -1031,7 +1073,12 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available here")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    out = train(args)
+    try:
+        out = train(args)
+    except KeyboardInterrupt:
+        if not args.checkpoint_dir:
+            logger.info("interrupted; nothing saved (--checkpoint-dir keeps the work of an interrupted run)")
+        return 130
     if out is not None:
         logger.info("saved %s", out)
     return 0

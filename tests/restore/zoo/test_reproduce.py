@@ -48,3 +48,11 @@ def test_a_folder_without_a_recipe_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["--model", str(tmp_path), "--work-dir", str(tmp_path / "w")])
     assert f"{tmp_path}: no training.json" in capsys.readouterr().err
+
+
+def test_an_interrupted_stage_stops_the_run_with_status_130_and_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    ref = tmp_path / "ref"
+    assert train.main([*SMALL, "--out", str(ref)]) == 0
+    monkeypatch.setattr(train, "main", lambda argv: 130)  # what train.main returns after a Ctrl-C
+    assert reproduce.main(["--model", str(ref), "--work-dir", str(tmp_path / "w")]) == 130
+    assert "run the same command again" in capsys.readouterr().out

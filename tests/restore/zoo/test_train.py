@@ -266,3 +266,26 @@ def test_count_high_asks_about_the_most_frequent_colour_or_shape():
     plain = train.sample_batch(random.Random(8), False, images=3, weights=weights)
     off = train.sample_batch(random.Random(8), False, images=3, weights=weights, count_high=0.0)
     assert [t.question for c in plain for t in c.turns] == [t.question for c in off for t in c.turns]
+
+
+def test_ctrl_c_checkpoints_the_step_in_progress_and_a_resume_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch):
+    import signal
+
+    run("--out", str(tmp_path / "straight"))
+    sample, calls = train.sample_batch, []
+
+    def interrupted_in_step_two(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)  # arrives mid-step, as a user's Ctrl-C does
+        return sample(*a, **k)
+
+    monkeypatch.setattr(train, "sample_batch", interrupted_in_step_two)
+    ckpt, out = tmp_path / "ckpt", tmp_path / "resumed"
+    assert train.main([*SMALL, "--out", str(out), "--checkpoint-dir", str(ckpt)]) == 130
+    assert torch.load(ckpt / "latest.pt", weights_only=True)["step"] == 2 and not out.exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(train, "sample_batch", sample)
+    run("--out", str(out), "--checkpoint-dir", str(ckpt), "--resume")
+    a, b = weights(tmp_path / "straight"), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
