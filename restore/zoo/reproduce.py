@@ -58,8 +58,8 @@ def compare(reference: Path, reproduced: Path) -> dict:
     return {"tensors": len(a), "identical": sum(d == 0.0 for d in diffs.values()), "max_abs_diff": max(diffs.values())}
 
 
-def reproduce(model_dir: Path, work_dir: Path, out: Path, run: list[str]) -> dict:
-    chain = recorded_stages(model_dir)
+def reproduce(model_dir: Path, chain: list[dict], work_dir: Path, out: Path, run: list[str]) -> dict:
+    """Run `chain` (`recorded_stages(model_dir)`) into `work_dir` and `out`; `compare` with `model_dir`'s weights."""
     init = None
     for i, st in enumerate(chain, 1):
         target = out if i == len(chain) else work_dir / f"stage{i}"
@@ -89,13 +89,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     model_dir, work_dir = Path(args.model), Path(args.work_dir)
     try:
-        recorded_stages(model_dir)
+        chain = recorded_stages(model_dir)
     except ValueError as err:
         p.error(str(err))
     out = Path(args.out) if args.out else work_dir / "model"
     run = ["--device", args.device, "--threads", str(args.threads), "--eval-every", "0", "--card-n", "0"]
     try:
-        result = reproduce(model_dir, work_dir, out, run)
+        result = reproduce(model_dir, chain, work_dir, out, run)
     except KeyboardInterrupt:
         print(f"interrupted: run the same command again to continue from {work_dir}'s checkpoints")
         return 130

@@ -2,6 +2,7 @@
 
 import json
 import random
+import signal
 
 import numpy as np
 import pytest
@@ -269,8 +270,6 @@ def test_count_high_asks_about_the_most_frequent_colour_or_shape():
 
 
 def test_ctrl_c_checkpoints_the_step_in_progress_and_a_resume_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch):
-    import signal
-
     run("--out", str(tmp_path / "straight"))
     sample, calls = train.sample_batch, []
 
